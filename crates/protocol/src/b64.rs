@@ -39,6 +39,11 @@ pub fn decode(text: &str) -> Result<Vec<u8>, Base64Error> {
     decode_url_safe(text)
 }
 
+/// True when `text` is non-empty and looks like base64url (see [`is_b64_char`]).
+pub fn looks_like_b64(text: &str) -> bool {
+    !text.is_empty() && text.bytes().all(is_b64_char)
+}
+
 fn decode_url_safe(text: &str) -> Result<Vec<u8>, Base64Error> {
     URL_SAFE_LENIENT
         .decode(text)
@@ -51,8 +56,8 @@ pub fn decode_utf8(text: &str) -> Result<String, Base64Error> {
     String::from_utf8(bytes).map_err(|_| Base64Error("decoded bytes are not UTF-8".into()))
 }
 
-/// True when every byte is in the base64url alphabet, padding or the standard alphabet's `+/`.
-pub(crate) fn is_b64_char(b: u8) -> bool {
+/// True when `b` is in the base64url alphabet, is padding, or is the standard alphabet's `+/`.
+pub fn is_b64_char(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'+' | b'/' | b'=')
 }
 
