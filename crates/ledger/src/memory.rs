@@ -368,6 +368,36 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn failed_linked_batch_that_created_a_pending_transfer_leaves_no_pending_row() {
+        let (ledger, engine, _) = setup();
+        fund(&engine, 100).await;
+        let results = engine
+            .linked(vec![
+                transfer(60, 2, 3, 5, Some(1_000)),
+                transfer(61, 2, 3, 500, None),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(
+            results,
+            vec![
+                Err(TransferError::LinkedEventFailed),
+                Err(TransferError::ExceedsCredits)
+            ]
+        );
+        assert_eq!(ledger.pending_state(TransferId(60)), None);
+        assert_eq!(ledger.account(AccountId(2)).unwrap().debits_pending, 0);
+        // The engine is still alive.
+        assert!(
+            engine
+                .transfer(transfer(62, 2, 3, 5, None))
+                .await
+                .unwrap()
+                .is_ok()
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_spends_never_overdraw() {
         let (ledger, engine, _) = setup();

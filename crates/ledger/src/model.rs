@@ -222,7 +222,8 @@ impl Account {
             return false;
         };
         let overdrawn = self.flags.debits_must_not_exceed_credits && debits > self.credits_posted;
-        let overcredited = self.flags.credits_must_not_exceed_debits && credits > self.debits_posted;
+        let overcredited =
+            self.flags.credits_must_not_exceed_debits && credits > self.debits_posted;
         !overdrawn && !overcredited
     }
 }

@@ -166,7 +166,11 @@ impl Batch<'_> {
         for (id, old) in journal.pending.into_iter().rev() {
             match old {
                 Some(state) => self.snap.pending.insert(id, state),
-                None => self.snap.pending.remove(&id),
+                None => {
+                    // Created by this command: no earlier command changed it either.
+                    self.pending_changed.remove(&id);
+                    self.snap.pending.remove(&id)
+                }
             };
         }
         for id in journal.transfers {
