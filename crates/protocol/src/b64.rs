@@ -25,18 +25,40 @@ pub fn encode(bytes: impl AsRef<[u8]>) -> String {
 
 /// Decode base64url, with or without `=` padding; `+` and `/` are read as `-` and `_`.
 pub fn decode(text: &str) -> Result<Vec<u8>, Base64Error> {
-    if text.bytes().any(|b| b == b'+' || b == b'/') {
-        let normalized: String = text
-            .chars()
-            .map(|c| match c {
-                '+' => '-',
-                '/' => '_',
-                other => other,
-            })
-            .collect();
-        return decode_url_safe(&normalized);
+    match decode_url_safe(text) {
+        Ok(bytes) => Ok(bytes),
+        // Only on failure look for the standard alphabet: the common input costs one pass.
+        Err(err) if !text.bytes().any(|b| b == b'+' || b == b'/') => Err(err),
+        Err(_) => {
+            let normalized: String = text
+                .chars()
+                .map(|c| match c {
+                    '+' => '-',
+                    '/' => '_',
+                    other => other,
+                })
+                .collect();
+            decode_url_safe(&normalized)
+        }
     }
-    decode_url_safe(text)
+}
+
+/// Decode base64url into a fixed-size array (e.g. a 32-byte MAC); `None` unless it decodes to
+/// exactly `N` bytes.
+pub fn decode_array<const N: usize>(text: &str) -> Option<[u8; N]> {
+    let mut out = [0u8; N];
+    // A slice one byte longer than N tells "too long" apart from "exactly N".
+    let mut buf = [0u8; 96];
+    if N + 1 > buf.len() {
+        return decode(text).ok()?.try_into().ok();
+    }
+    let written = URL_SAFE_LENIENT
+        .decode_slice(text, &mut buf[..N + 1])
+        .ok()?;
+    (written == N).then(|| {
+        out.copy_from_slice(&buf[..N]);
+        out
+    })
 }
 
 /// True when `text` is non-empty and looks like base64url (see [`is_b64_char`]).

@@ -95,10 +95,17 @@ impl BindingSecret {
         crate::b64::encode(self.mac(input))
     }
 
-    /// True when `id` is the binding of these fields under this secret (constant time).
+    /// True when `id` is the binding of these fields under this secret. The MAC bytes are
+    /// compared in constant time.
     pub fn verify(&self, input: &BindingInput<'_>, id: &str) -> bool {
-        let expected = self.challenge_id(input);
-        expected.as_bytes().ct_eq(id.as_bytes()).into()
+        match crate::b64::decode_array::<32>(id) {
+            Some(presented) => self.verify_mac(input, &presented),
+            None => false,
+        }
+    }
+
+    fn verify_mac(&self, input: &BindingInput<'_>, presented: &[u8; 32]) -> bool {
+        self.mac(input).ct_eq(presented).into()
     }
 }
 
@@ -134,8 +141,14 @@ impl BindingKeyring {
     /// True when `id` binds these fields under the current or the previous secret. Both are
     /// always computed, so the time taken does not reveal which one matched.
     pub fn verify(&self, input: &BindingInput<'_>, id: &str) -> bool {
-        let current = self.current.verify(input, id);
-        let previous = self.previous.as_ref().is_some_and(|p| p.verify(input, id));
+        let Some(presented) = crate::b64::decode_array::<32>(id) else {
+            return false;
+        };
+        let current = self.current.verify_mac(input, &presented);
+        let previous = self
+            .previous
+            .as_ref()
+            .is_some_and(|p| p.verify_mac(input, &presented));
         current | previous
     }
 }

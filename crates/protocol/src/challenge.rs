@@ -93,12 +93,24 @@ pub struct EncodedRequest {
 
 impl EncodedRequest {
     /// Canonicalize (RFC 8785) and encode a request object.
+    /// The stored object is the canonical one read back, so it equals what a client decodes.
     pub fn from_json(json: Map<String, Value>) -> Result<Self, ChallengeError> {
-        let wire = crate::jcs::to_b64(&json)
+        let canonical = crate::jcs::to_string(&json)
             .map_err(|e| ChallengeError::Canonicalization(e.to_string()))?;
+        let wire = crate::b64::encode(&canonical);
         if wire.len() > REQUEST_PARAM_LEN_MAX {
             return Err(ChallengeError::RequestTooLarge);
         }
+        // Keep the object clients will see: JCS writes numbers as ECMAScript doubles, so 1.0
+        // becomes 1 and integers beyond 2^53 lose precision (amounts are strings for this reason).
+        let json = match serde_json::from_str(&canonical) {
+            Ok(Value::Object(map)) => map,
+            _ => {
+                return Err(ChallengeError::Canonicalization(
+                    "canonical form is not an object".into(),
+                ));
+            }
+        };
         Ok(Self { wire, json })
     }
 
@@ -269,6 +281,9 @@ impl Challenge {
     pub fn to_header_value(&self) -> Result<String, ChallengeError> {
         if self.id.is_empty() {
             return Err(ChallengeError::EmptyId);
+        }
+        if self.id.len() > CHALLENGE_ID_LEN_MAX {
+            return Err(ChallengeError::IdTooLong);
         }
         self.check_fields()?;
         let fields: [(&'static str, Option<&str>); 10] = [

@@ -105,8 +105,9 @@ impl ChallengeEcho {
 pub struct Credential {
     /// `challenge`: the echoed challenge.
     pub challenge: ChallengeEcho,
-    /// `source`: payer identifier, RECOMMENDED a DID.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// `source`: payer identifier, RECOMMENDED a DID. `null` on the wire reads as absent, and
+    /// `Some(Value::Null)` is written as absent.
+    #[serde(default, skip_serializing_if = "is_absent")]
     pub source: Option<Value>,
     /// `payload`: the method-specific proof.
     pub payload: Map<String, Value>,
@@ -134,12 +135,8 @@ impl Credential {
         if token.len() > CREDENTIAL_LEN_MAX {
             return Err(CredentialError::TooLong);
         }
-        if token.is_empty() || !token.bytes().all(crate::b64::is_b64_char) {
-            return Err(if token.is_empty() {
-                CredentialError::MalformedHeader
-            } else {
-                CredentialError::InvalidBase64
-            });
+        if token.is_empty() {
+            return Err(CredentialError::MalformedHeader);
         }
         let bytes = crate::b64::decode(token).map_err(|_| CredentialError::InvalidBase64)?;
         Self::from_json_bytes(&bytes)
@@ -195,6 +192,10 @@ impl Credential {
     pub fn to_header_value(&self) -> String {
         format!("{} {}", crate::SCHEME, self.to_token())
     }
+}
+
+fn is_absent(source: &Option<Value>) -> bool {
+    matches!(source, None | Some(Value::Null))
 }
 
 fn split_scheme(value: &str) -> (&str, &str) {

@@ -128,6 +128,12 @@ impl Receipt {
                 "`timestamp` is not an RFC 3339 date-time".into(),
             ));
         }
+        let own = ["status", "method", "timestamp", "reference"];
+        if let Some(field) = own.into_iter().find(|k| self.extra.contains_key(*k)) {
+            return Err(ReceiptError::InvalidField(format!(
+                "`{field}` is a receipt field, not an extra"
+            )));
+        }
         let json =
             serde_json::to_vec(self).map_err(|e| ReceiptError::InvalidField(e.to_string()))?;
         Ok(crate::b64::encode(json))
