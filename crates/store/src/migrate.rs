@@ -1,0 +1,80 @@
+//! Schema migrations, one set per database, embedded in the binary with `include_str!` (no
+//! proc macro, no files needed at run time) and applied by sqlx's runtime [`Migrator`].
+//!
+//! The migrator's advisory lock is off (CockroachDB and YugabyteDB may not offer advisory
+//! locks). Replicas starting together may race to apply a migration: the loser's transaction
+//! fails and is retried, and then finds the migration applied. Rolling out a new migration
+//! across running replicas is still best done once, with `turnpike migrate`.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use sqlx::SqlSafeStr;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+
+use crate::error::StoreError;
+
+/// (version, description, SQL) of every SQLite migration, in order.
+const SQLITE: &[(i64, &str, &str)] = &[(
+    1,
+    "ledger",
+    include_str!("../../../migrations/sqlite/0001_ledger.sql"),
+)];
+
+/// (version, description, SQL) of every PostgreSQL migration, in order.
+const POSTGRES: &[(i64, &str, &str)] = &[(
+    1,
+    "ledger",
+    include_str!("../../../migrations/postgres/0001_ledger.sql"),
+)];
+
+/// Attempts at applying migrations when a concurrent migrator got there first.
+const ATTEMPTS_MAX: u32 = 3;
+const RETRY_DELAY: Duration = Duration::from_millis(250);
+
+fn migrator(set: &'static [(i64, &'static str, &'static str)]) -> Migrator {
+    let migrations = set
+        .iter()
+        .map(|(version, description, sql)| {
+            Migration::new(
+                *version,
+                Cow::Borrowed(*description),
+                MigrationType::Simple,
+                sql.into_sql_str(),
+                false,
+            )
+        })
+        .collect();
+    let mut migrator = Migrator::with_migrations(migrations);
+    migrator.set_locking(false);
+    migrator
+}
+
+async fn with_retries<F, Fut>(mut run: F) -> Result<(), StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), sqlx::migrate::MigrateError>>,
+{
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match run().await {
+            Ok(()) => return Ok(()),
+            Err(err) if attempt < ATTEMPTS_MAX => {
+                tracing::warn!(attempt, error = %err, "migration failed; retrying");
+                tokio::time::sleep(RETRY_DELAY).await;
+            }
+            Err(err) => return Err(StoreError::Migrate(err.to_string())),
+        }
+    }
+}
+
+pub(crate) async fn sqlite(pool: &sqlx::SqlitePool) -> Result<(), StoreError> {
+    let migrator = migrator(SQLITE);
+    with_retries(|| migrator.run(pool)).await
+}
+
+pub(crate) async fn postgres(pool: &sqlx::PgPool) -> Result<(), StoreError> {
+    let migrator = migrator(POSTGRES);
+    with_retries(|| migrator.run(pool)).await
+}
