@@ -4,8 +4,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod conformance;
+mod db;
 mod decode;
+mod ledger;
 
 /// Turnpike: a hosted control plane for the Machine Payments Protocol (HTTP 402).
 #[derive(Debug, Parser)]
@@ -24,6 +27,36 @@ enum Command {
     },
     /// Answer one request of the cross-SDK conformance suite (JSON on stdin, JSON on stdout).
     ConformanceAdapter,
+    /// Create or upgrade the database schema (also done at start-up).
+    Migrate {
+        #[command(flatten)]
+        db: db::DbArgs,
+    },
+    /// Ledger tools.
+    Ledger {
+        #[command(subcommand)]
+        command: LedgerCommand,
+    },
+    /// Load generators that measure Turnpike on this machine.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LedgerCommand {
+    /// Verify the ledger invariants over the whole database; exits 1 naming the offending ids.
+    Check {
+        #[command(flatten)]
+        db: db::DbArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Transfers per second and latency of the posting engine on a real database.
+    Ledger(bench::LedgerBenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -35,6 +68,13 @@ enum MppCommand {
     },
 }
 
+fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(future: F) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(future)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -42,6 +82,13 @@ fn main() -> ExitCode {
             command: MppCommand::Decode { value },
         } => decode::run(value),
         Command::ConformanceAdapter => conformance::run(),
+        Command::Migrate { db } => block_on(ledger::migrate(db)),
+        Command::Ledger {
+            command: LedgerCommand::Check { db },
+        } => block_on(ledger::check(db)),
+        Command::Bench {
+            command: BenchCommand::Ledger(args),
+        } => block_on(bench::run(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
