@@ -20,6 +20,8 @@ mod postgres;
 mod rows;
 mod sqlite;
 mod sweeper;
+#[cfg(feature = "test-support")]
+pub mod testing;
 
 use std::path::Path;
 use std::str::FromStr;

@@ -5,7 +5,7 @@
 // clippy's `allow-unwrap-in-tests` does not recognise as tests.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use turnpike_store::testing as common;
 
 use std::collections::HashSet;
 use std::sync::Arc;

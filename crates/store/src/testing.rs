@@ -1,6 +1,8 @@
+//! Test support (cargo feature `test-support`; for tests only, never for production code).
+//!
 //! Test databases: a temporary SQLite file, or a database on a private PostgreSQL server that
 //! this test binary starts itself (once, on first use) and that is stopped and deleted when the
-//! binary exits.
+//! binary exits. Used by this crate's tests and by the `turnpike` binary's CLI tests.
 //!
 //! The PostgreSQL server: `initdb` into a fresh directory under the system temp dir (owned by
 //! user `postgres` when the tests run as root, since PostgreSQL refuses to run as root), then
@@ -11,8 +13,6 @@
 //! and drops it at the end. Without PostgreSQL (Debian package `postgresql`) the PostgreSQL
 //! tests fail with a message saying so; they never skip.
 
-#![allow(dead_code)]
-
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -20,8 +20,8 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::Store;
 use sqlx::Connection;
-use turnpike_store::Store;
 
 /// Which database a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,16 +33,25 @@ pub enum Kind {
 /// One test's database.
 #[derive(Debug)]
 pub struct TestDb {
+    /// The database kind.
     pub kind: Kind,
+    /// A URL that `Store::connect` and sqlx accept.
     pub url: String,
     _dir: Option<tempfile::TempDir>,
     pg_name: Option<String>,
 }
 
 impl TestDb {
+    /// A SQLite database `ledger.db` in a new temporary directory.
     pub async fn sqlite() -> Self {
+        Self::sqlite_named("ledger.db").await
+    }
+
+    /// A SQLite database `file` (not created yet) in a new temporary directory, removed with
+    /// `self`.
+    pub async fn sqlite_named(file: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let url = format!("sqlite:{}", dir.path().join("ledger.db").display());
+        let url = format!("sqlite:{}", dir.path().join(file).display());
         Self {
             kind: Kind::Sqlite,
             url,
@@ -51,6 +60,8 @@ impl TestDb {
         }
     }
 
+    /// A new, empty database on this process's private PostgreSQL server (started on first
+    /// use); panics, failing the test, when PostgreSQL is not installed or does not start.
     pub async fn postgres() -> Self {
         let server = pg_server();
         static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -73,6 +84,11 @@ impl TestDb {
             _dir: None,
             pg_name: Some(name),
         }
+    }
+
+    /// The temporary directory of a SQLite database (`None` for PostgreSQL).
+    pub fn dir(&self) -> Option<&Path> {
+        self._dir.as_ref().map(|d| d.path())
     }
 
     /// A new `Store` (its own connection pool: a "replica") on this database; migrates.
@@ -129,6 +145,12 @@ pub struct PgServer {
 }
 
 impl PgServer {
+    /// The server's directory: its data directory, Unix socket and `server.log`.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The URL of `database` on this server (user `postgres`, trust authentication).
     pub fn url(&self, database: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
     }
@@ -144,7 +166,7 @@ pub fn pg_server() -> &'static PgServer {
     }
 }
 
-const NOT_INSTALLED: &str = "PostgreSQL is not installed: the store tests start a private \
+const NOT_INSTALLED: &str = "PostgreSQL is not installed: the tests start a private \
      server with initdb, pg_ctl and postgres (Debian/Ubuntu: `apt-get install -y postgresql`)";
 
 fn find_bindir() -> Option<PathBuf> {
@@ -224,7 +246,7 @@ fn start_pg() -> Result<PgServer, String> {
         .map(|d| d.as_nanos())
         .unwrap_or_default();
     let root =
-        std::env::temp_dir().join(format!("turnpike-store-pg-{}-{nanos}", std::process::id()));
+        std::env::temp_dir().join(format!("turnpike-test-pg-{}-{nanos}", std::process::id()));
     std::fs::create_dir_all(&root).map_err(|e| format!("create {}: {e}", root.display()))?;
     if root_user {
         run(
