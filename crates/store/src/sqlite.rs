@@ -132,7 +132,10 @@ pub(crate) async fn open(options: SqliteConnectOptions) -> Result<SqlitePool, St
         // transaction. A batch is all or nothing either way; clients resubmit the same ids.
         .synchronous(SqliteSynchronous::Normal)
         .busy_timeout(BUSY_TIMEOUT)
-        .foreign_keys(true);
+        .foreign_keys(true)
+        // A 64 MiB page cache per connection (the default is 2 MiB): the ledger's indexes are
+        // read on every batch, and re-reading their pages from the OS cost ~4% of a hot run.
+        .pragma("cache_size", "-65536");
     // Every connection to `:memory:` is its own database: keep to one.
     let connections = if in_memory { 1 } else { POOL_CONNECTIONS_MAX };
     Ok(SqlitePoolOptions::new()
