@@ -42,9 +42,10 @@ pub struct TestDb {
 }
 
 impl TestDb {
-    /// A SQLite database `ledger.db` in a new temporary directory.
+    /// A SQLite database `turnpike.db` (the binary's file name, so `--data-dir` finds it) in a
+    /// new temporary directory.
     pub async fn sqlite() -> Self {
-        Self::sqlite_named("ledger.db").await
+        Self::sqlite_named("turnpike.db").await
     }
 
     /// A SQLite database `file` (not created yet) in a new temporary directory, removed with
@@ -323,4 +324,29 @@ fn spawn_reaper(root: &Path, bindir: &Path, root_user: bool) {
         .process_group(0)
         .spawn()
         .expect("spawn the test server's reaper");
+}
+
+/// Turn each named `async fn(&TestDb)` into two tests, `<name>::sqlite` and `<name>::postgres`:
+/// one behavioural suite, run against both backends.
+#[macro_export]
+macro_rules! on_both_databases {
+    ($($test:ident),* $(,)?) => {
+        $(
+            mod $test {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    let db = $crate::testing::TestDb::sqlite().await;
+                    super::$test(&db).await;
+                    db.finish().await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    let db = $crate::testing::TestDb::postgres().await;
+                    super::$test(&db).await;
+                    db.finish().await;
+                }
+            }
+        )*
+    };
 }

@@ -21,28 +21,7 @@ use turnpike_store::{
     Cursor, Database, Phase, Store, StoreError, Total, Violation, spawn_expiry_sweeper,
 };
 
-/// Run `$test(&TestDb)` once on SQLite and once on PostgreSQL.
-macro_rules! on_both_databases {
-    ($($test:ident),* $(,)?) => {
-        $(
-            mod $test {
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn sqlite() {
-                    let db = crate::common::TestDb::sqlite().await;
-                    super::$test(&db).await;
-                    db.finish().await;
-                }
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn postgres() {
-                    let db = crate::common::TestDb::postgres().await;
-                    super::$test(&db).await;
-                    db.finish().await;
-                }
-            }
-        )*
-    };
-}
+use turnpike_store::on_both_databases;
 
 on_both_databases!(
     concurrent_spends_from_an_account_funded_for_600_post_exactly_600,

@@ -16,29 +16,7 @@ use turnpike_ledger::{
 };
 use turnpike_store::testing::{Kind, TestDb};
 
-/// Run `$test(&TestDb)` once on SQLite and once on PostgreSQL. The SQLite database is the
-/// binary's own file name in a temporary data directory.
-macro_rules! on_both_databases {
-    ($($test:ident),* $(,)?) => {
-        $(
-            mod $test {
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn sqlite() {
-                    let db = turnpike_store::testing::TestDb::sqlite_named("turnpike.db").await;
-                    super::$test(&db).await;
-                    db.finish().await;
-                }
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn postgres() {
-                    let db = turnpike_store::testing::TestDb::postgres().await;
-                    super::$test(&db).await;
-                    db.finish().await;
-                }
-            }
-        )*
-    };
-}
+use turnpike_store::on_both_databases;
 
 on_both_databases!(
     migrate_creates_the_schema_and_running_it_again_is_harmless,
