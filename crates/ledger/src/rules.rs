@@ -267,23 +267,9 @@ impl Batch<'_> {
         let mut debit = debit.clone();
         let mut credit = credit.clone();
         if pending {
-            debit.debits_pending = debit
-                .debits_pending
-                .checked_add(amount)
-                .ok_or(TransferError::Overflow)?;
-            credit.credits_pending = credit
-                .credits_pending
-                .checked_add(amount)
-                .ok_or(TransferError::Overflow)?;
+            add_pending(&mut debit, &mut credit, amount)?;
         } else {
-            debit.debits_posted = debit
-                .debits_posted
-                .checked_add(amount)
-                .ok_or(TransferError::Overflow)?;
-            credit.credits_posted = credit
-                .credits_posted
-                .checked_add(amount)
-                .ok_or(TransferError::Overflow)?;
+            add_posted(&mut debit, &mut credit, amount)?;
         }
         check_limits(&debit, &credit)?;
         let expires_at_ms = timeout_ms.map(|t| {
@@ -356,14 +342,7 @@ impl Batch<'_> {
         let (mut debit, mut credit) = self.pending_accounts(&pending);
         release(&mut debit, &mut credit, pending.amount);
         if let Some(a) = posted_amount {
-            debit.debits_posted = debit
-                .debits_posted
-                .checked_add(a)
-                .ok_or(TransferError::Overflow)?;
-            credit.credits_posted = credit
-                .credits_posted
-                .checked_add(a)
-                .ok_or(TransferError::Overflow)?;
+            add_posted(&mut debit, &mut credit, a)?;
         }
         check_limits(&debit, &credit)?;
         let transfer = Transfer {
@@ -439,6 +418,41 @@ impl Batch<'_> {
     }
 }
 
+/// Add `amount` to the pending totals of both sides.
+fn add_pending(
+    debit: &mut Account,
+    credit: &mut Account,
+    amount: u128,
+) -> Result<(), TransferError> {
+    debit.debits_pending = debit
+        .debits_pending
+        .checked_add(amount)
+        .ok_or(TransferError::Overflow)?;
+    credit.credits_pending = credit
+        .credits_pending
+        .checked_add(amount)
+        .ok_or(TransferError::Overflow)?;
+    Ok(())
+}
+
+/// Add `amount` to the posted totals of both sides.
+fn add_posted(
+    debit: &mut Account,
+    credit: &mut Account,
+    amount: u128,
+) -> Result<(), TransferError> {
+    debit.debits_posted = debit
+        .debits_posted
+        .checked_add(amount)
+        .ok_or(TransferError::Overflow)?;
+    credit.credits_posted = credit
+        .credits_posted
+        .checked_add(amount)
+        .ok_or(TransferError::Overflow)?;
+    Ok(())
+}
+
+/// Remove a pending transfer's `amount` from the pending totals of both sides.
 fn release(debit: &mut Account, credit: &mut Account, amount: u128) {
     debit.debits_pending = debit.debits_pending.checked_sub(amount).unwrap_or_else(|| {
         panic!(
