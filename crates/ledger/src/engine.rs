@@ -170,6 +170,11 @@ impl Engine {
         Self { queue, clock }
     }
 
+    /// True once the writer task has stopped (a broken invariant or every handle dropped).
+    pub fn is_stopped(&self) -> bool {
+        self.queue.is_closed()
+    }
+
     /// The engine's clock.
     pub fn now_ms(&self) -> i64 {
         self.clock.now_ms()

@@ -15,6 +15,7 @@
 mod check;
 mod error;
 mod history;
+mod merchant;
 mod migrate;
 mod postgres;
 mod rows;
@@ -37,6 +38,10 @@ use turnpike_ledger::{
 pub use check::{CheckReport, Phase, Total, VIOLATIONS_LISTED_MAX, Violation};
 pub use error::StoreError;
 pub use history::{Cursor, HISTORY_PAGE_LIMIT_MAX, Page};
+pub use merchant::{
+    AgentRow, AgentTokenRow, ApiKeyRow, BindingSecretRow, Claim, Idempotency, LIST_LIMIT_MAX,
+    PaymentRow, PriceRow, TenantConflict, TenantRow,
+};
 pub use sweeper::{
     EXPIRE_BATCH_MAX, SWEEP_INTERVAL_MIN, Sweep, SweepError, spawn_expiry_sweeper, sweep_once,
 };

@@ -15,18 +15,32 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use crate::error::StoreError;
 
 /// (version, description, SQL) of every SQLite migration, in order.
-const SQLITE: &[(i64, &str, &str)] = &[(
-    1,
-    "ledger",
-    include_str!("../../../migrations/sqlite/0001_ledger.sql"),
-)];
+const SQLITE: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "ledger",
+        include_str!("../../../migrations/sqlite/0001_ledger.sql"),
+    ),
+    (
+        2,
+        "merchant",
+        include_str!("../../../migrations/sqlite/0002_merchant.sql"),
+    ),
+];
 
 /// (version, description, SQL) of every PostgreSQL migration, in order.
-const POSTGRES: &[(i64, &str, &str)] = &[(
-    1,
-    "ledger",
-    include_str!("../../../migrations/postgres/0001_ledger.sql"),
-)];
+const POSTGRES: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "ledger",
+        include_str!("../../../migrations/postgres/0001_ledger.sql"),
+    ),
+    (
+        2,
+        "merchant",
+        include_str!("../../../migrations/postgres/0002_merchant.sql"),
+    ),
+];
 
 /// Attempts at applying migrations when a concurrent migrator got there first.
 const ATTEMPTS_MAX: u32 = 3;

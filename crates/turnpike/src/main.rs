@@ -9,6 +9,7 @@ mod conformance;
 mod db;
 mod decode;
 mod ledger;
+mod serve;
 
 /// Turnpike: a hosted control plane for the Machine Payments Protocol (HTTP 402).
 #[derive(Debug, Parser)]
@@ -20,6 +21,13 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the Turnpike server (embedded SQLite under --data-dir unless --database-url is given).
+    Serve(serve::ServeArgs),
+    /// Operator commands that work on the database directly.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
     /// MPP developer tools.
     Mpp {
         #[command(subcommand)]
@@ -42,6 +50,21 @@ enum Command {
         #[command(subcommand)]
         command: BenchCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Tenants.
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TenantCommand {
+    /// Create a tenant and print it with its first secret API key (shown once).
+    Create(serve::TenantCreateArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -75,9 +98,30 @@ fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(future: F) -> a
     runtime.block_on(future)
 }
 
+/// Logs to stderr, filtered by RUST_LOG (default: info for Turnpike, warn for the rest).
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("warn,turnpike=info,turnpike_server=info")
+    });
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // One TLS crypto provider for the process (reqwest and sqlx share rustls).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    init_tracing();
     let result = match cli.command {
+        Command::Serve(args) => block_on(serve::run(args)),
+        Command::Admin {
+            command:
+                AdminCommand::Tenant {
+                    command: TenantCommand::Create(args),
+                },
+        } => block_on(serve::tenant_create(args)),
         Command::Mpp {
             command: MppCommand::Decode { value },
         } => decode::run(value),

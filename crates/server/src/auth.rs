@@ -1,0 +1,130 @@
+//! Authentication extractors: the operator (admin token), a tenant (secret API key) and an
+//! agent (signed agent token). A failure is a 401 problem that never echoes what was sent.
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use subtle::ConstantTimeEq;
+use turnpike_policy::AgentTokenClaims;
+use turnpike_store::{AgentTokenRow, TenantRow};
+
+use crate::error::ApiError;
+use crate::ids;
+use crate::state::AppState;
+
+/// Longest bearer credential read.
+pub const BEARER_LEN_MAX: usize = 4096;
+
+fn bearer(parts: &Parts) -> Result<&str, ApiError> {
+    let value = parts
+        .headers
+        .get(AUTHORIZATION)
+        .ok_or_else(|| ApiError::unauthorized("missing `Authorization: Bearer ...`"))?;
+    let value = value
+        .to_str()
+        .map_err(|_| ApiError::unauthorized("malformed Authorization header"))?;
+    if value.len() > BEARER_LEN_MAX {
+        return Err(ApiError::unauthorized("Authorization header too long"));
+    }
+    let (scheme, token) = value
+        .split_once(' ')
+        .ok_or_else(|| ApiError::unauthorized("expected `Authorization: Bearer ...`"))?;
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(ApiError::unauthorized(
+            "expected `Authorization: Bearer ...`",
+        ));
+    }
+    Ok(token.trim())
+}
+
+/// The operator, authenticated by `TURNPIKE_ADMIN_TOKEN`.
+#[derive(Debug)]
+pub struct Admin;
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Some(expected) = state.config.admin_token.as_deref() else {
+            return Err(ApiError::new(
+                axum::http::StatusCode::NOT_FOUND,
+                "admin-disabled",
+                "the operator API is disabled: start the server with TURNPIKE_ADMIN_TOKEN set",
+            ));
+        };
+        let token = bearer(parts)?;
+        let ok: bool = ids::hash_secret(token)
+            .as_bytes()
+            .ct_eq(ids::hash_secret(expected).as_bytes())
+            .into();
+        if ok {
+            Ok(Self)
+        } else {
+            Err(ApiError::unauthorized("invalid admin token"))
+        }
+    }
+}
+
+/// A tenant, authenticated by one of its secret API keys.
+#[derive(Debug, Clone)]
+pub struct TenantAuth {
+    /// The tenant.
+    pub tenant: TenantRow,
+    /// The key used.
+    pub key_id: String,
+}
+
+impl FromRequestParts<AppState> for TenantAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(parts)?;
+        if !token.starts_with("tp_sk_") {
+            return Err(ApiError::unauthorized(
+                "expected a secret API key (tp_sk_...)",
+            ));
+        }
+        let hash = ids::hash_secret(token);
+        match state.store.api_key_by_hash(&hash).await? {
+            Some((key, tenant)) => Ok(Self {
+                tenant,
+                key_id: key.id,
+            }),
+            None => Err(ApiError::unauthorized("unknown or revoked API key")),
+        }
+    }
+}
+
+/// An agent, authenticated by an unrevoked, unexpired agent token.
+#[derive(Debug, Clone)]
+pub struct AgentAuth {
+    /// The token's verified claims.
+    pub claims: AgentTokenClaims,
+    /// The token's stored row.
+    pub token: AgentTokenRow,
+}
+
+impl FromRequestParts<AppState> for AgentAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(parts)?;
+        let now_s = state.now_ms().div_euclid(1000);
+        let mut result = state.keys().verify_agent_token(token, now_s);
+        if result == Err(turnpike_policy::TokenError::UnknownKey) {
+            // Another replica may have created a key since this one loaded them.
+            result = state.reload_keys().await?.verify_agent_token(token, now_s);
+        }
+        let claims = result.map_err(|err| ApiError::unauthorized(format!("agent token: {err}")))?;
+        let row = state
+            .store
+            .agent_token(&claims.jti)
+            .await?
+            .filter(|row| row.tenant_id == claims.tid && row.agent_id == claims.sub)
+            .ok_or_else(|| ApiError::unauthorized("agent token: unknown token"))?;
+        if row.revoked_at.is_some() {
+            return Err(ApiError::unauthorized("agent token: revoked"));
+        }
+        Ok(Self { claims, token: row })
+    }
+}

@@ -1,0 +1,203 @@
+//! The operator API: tenants and credits (enabled by `TURNPIKE_ADMIN_TOKEN`).
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use turnpike_ledger::{AccountKind, TransferId, TransferRequest};
+use turnpike_protocol::charge::parse_amount_minor;
+use turnpike_store::{ApiKeyRow, BindingSecretRow, TenantConflict, TenantRow};
+
+use super::{Json, rfc3339};
+use crate::auth::Admin;
+use crate::error::{ApiError, ApiResult};
+use crate::ids;
+use crate::method_turnpike::codes;
+use crate::state::{AppState, PLATFORM_OWNER};
+
+/// `/v1/admin/...`.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/admin/tenants", post(create))
+        .route("/v1/admin/tenants/{id}/credit", post(credit))
+}
+
+/// A tenant to create.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewTenant {
+    /// Display name.
+    pub name: String,
+    /// URL slug.
+    pub slug: String,
+    /// MPP realm (defaults to the slug).
+    #[serde(default)]
+    pub realm: Option<String>,
+}
+
+/// The JSON form of a tenant.
+pub fn tenant_json(t: &TenantRow) -> Value {
+    json!({"id": t.id, "name": t.name, "slug": t.slug, "realm": t.realm, "createdAt": rfc3339(t.created_at)})
+}
+
+/// Create a tenant with its first API key; returns the tenant and the key's secret.
+pub async fn create_tenant(
+    state: &AppState,
+    input: NewTenant,
+) -> ApiResult<(TenantRow, ApiKeyRow, String)> {
+    let name = input.name.trim();
+    if name.is_empty() || name.len() > 200 || name.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            "`name` must be 1 to 200 characters without control characters",
+        ));
+    }
+    let slug_ok = !input.slug.is_empty()
+        && input.slug.len() <= 63
+        && input
+            .slug
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !input.slug.starts_with('-');
+    if !slug_ok {
+        return Err(ApiError::invalid(
+            "`slug` must be 1 to 63 of a-z, 0-9 and `-`, not starting with `-`",
+        ));
+    }
+    let realm = input.realm.unwrap_or_else(|| input.slug.clone());
+    if realm.is_empty() || realm.len() > 200 || !realm.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::invalid(
+            "`realm` must be 1 to 200 printable ASCII characters without spaces",
+        ));
+    }
+    let now_ms = state.now_ms();
+    let tenant = TenantRow {
+        id: ids::new_id("ten"),
+        name: name.to_owned(),
+        slug: input.slug,
+        realm,
+        created_at: now_ms,
+    };
+    let secret = ids::new_api_key();
+    let key = ApiKeyRow {
+        id: ids::new_id("key"),
+        tenant_id: tenant.id.clone(),
+        name: "default".to_owned(),
+        prefix: secret[..10].to_owned(),
+        secret_hash: ids::hash_secret(&secret),
+        created_at: now_ms,
+        revoked_at: None,
+    };
+    let binding = BindingSecretRow {
+        version: 1,
+        secret: ids::new_binding_secret(),
+        created_at: now_ms,
+    };
+    match state.store.create_tenant(&tenant, &key, &binding).await? {
+        Ok(()) => Ok((tenant, key, secret)),
+        Err(TenantConflict::Slug) => Err(ApiError::conflict(format!(
+            "slug `{}` is already taken",
+            tenant.slug
+        ))),
+    }
+}
+
+async fn create(
+    _: Admin,
+    State(state): State<AppState>,
+    Json(input): Json<NewTenant>,
+) -> ApiResult<(StatusCode, axum::Json<Value>)> {
+    let (tenant, key, secret) = create_tenant(&state, input).await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({
+            "tenant": tenant_json(&tenant),
+            "apiKey": {"id": key.id, "name": key.name, "secret": secret, "createdAt": rfc3339(key.created_at)},
+        })),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Credit {
+    amount: String,
+    currency: String,
+}
+
+async fn credit(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Json(input): Json<Credit>,
+) -> ApiResult<axum::Json<Value>> {
+    let tenant = state
+        .store
+        .tenant(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("tenant"))?;
+    let amount = parse_amount_minor(&input.amount)
+        .filter(|a| *a > 0)
+        .ok_or_else(|| {
+            ApiError::invalid("`amount` must be a string of minor units greater than zero")
+        })?;
+    if !turnpike_ledger::model::is_valid_currency(&input.currency)
+        || input.currency.bytes().any(|b| b.is_ascii_uppercase())
+    {
+        return Err(ApiError::invalid(
+            "`currency` must be a lowercase currency code, e.g. \"usd\"",
+        ));
+    }
+    let transfer_id = match headers.get("idempotency-key").map(|v| v.to_str()) {
+        Some(Ok(key)) if !key.is_empty() && key.len() <= 255 => {
+            ids::derived_u128(&["credit", &tenant.id, key])
+        }
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "`Idempotency-Key` must be 1 to 255 visible characters",
+            ));
+        }
+        None => ids::random_u128(),
+    };
+    let external = state
+        .account(PLATFORM_OWNER, AccountKind::External, &input.currency)
+        .await?;
+    let balance = state
+        .account(&tenant.id, AccountKind::PayerBalance, &input.currency)
+        .await?;
+    let result = state
+        .engine
+        .transfer(TransferRequest::Transfer {
+            id: TransferId(transfer_id),
+            debit_account_id: external,
+            credit_account_id: balance,
+            amount,
+            currency: input.currency.clone(),
+            timeout_ms: None,
+            code: codes::CREDIT,
+            user_data: Some(format!("credit:{}", tenant.id)),
+        })
+        .await
+        .map_err(|err| {
+            tracing::error!(error = %err, "ledger failed while crediting");
+            ApiError::unavailable("the ledger failed; nothing was credited")
+        })?;
+    match result {
+        Ok(_) => {}
+        Err(turnpike_ledger::TransferError::ExistsWithDifferentFields) => {
+            return Err(ApiError::conflict(
+                "this Idempotency-Key was used for a different credit",
+            ));
+        }
+        Err(err) => return Err(ApiError::invalid(format!("credit refused: {err}"))),
+    }
+    let account = state
+        .store
+        .account(None, balance)
+        .await?
+        .ok_or_else(ApiError::internal)?;
+    Ok(axum::Json(
+        json!({"account": super::tenant::account_json(&account)}),
+    ))
+}

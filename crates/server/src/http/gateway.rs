@@ -1,0 +1,330 @@
+//! The gateway: `/gw/{tenant-slug}/...` answers the whole 402 flow for prices with an upstream,
+//! proxies paid requests there with `X-Turnpike-Payment`, and refunds the payer when the
+//! upstream fails (5xx or no answer).
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use turnpike_ledger::{AccountKind, TransferId, TransferRequest};
+use turnpike_protocol::ContentDigest;
+use turnpike_store::TenantRow;
+
+use crate::decision::{Decision, DecisionKind};
+use crate::error::{ApiError, ApiResult};
+use crate::ids;
+use crate::method_turnpike::{codes, fee_minor};
+use crate::pipeline::{self, PriceRef, RequestFacts};
+use crate::state::{AppState, PLATFORM_OWNER};
+
+/// Largest request body the gateway reads.
+pub const REQUEST_BODY_BYTES_MAX: usize = 1 << 20;
+/// Largest upstream response body the gateway relays.
+pub const RESPONSE_BODY_BYTES_MAX: usize = 10 << 20;
+/// The header naming the payment on proxied requests.
+pub const PAYMENT_HEADER: &str = "x-turnpike-payment";
+
+/// `/gw/{slug}` and `/gw/{slug}/{*rest}`.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/gw/{slug}", any(root))
+        .route("/gw/{slug}/{*rest}", any(nested))
+}
+
+async fn root(state: State<AppState>, Path(slug): Path<String>, request: Request) -> Response {
+    handle(state, slug, String::new(), request)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn nested(
+    state: State<AppState>,
+    Path((slug, rest)): Path<(String, String)>,
+    request: Request,
+) -> Response {
+    handle(state, slug, rest, request)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+];
+
+fn is_payment_authorization(value: &HeaderValue) -> bool {
+    value
+        .to_str()
+        .map(|v| {
+            v.trim_start()
+                .get(..8)
+                .is_some_and(|s| s.eq_ignore_ascii_case("payment "))
+                || v.contains(", Payment ")
+                || v.contains(",Payment ")
+        })
+        .unwrap_or(false)
+}
+
+async fn handle(
+    State(state): State<AppState>,
+    slug: String,
+    rest: String,
+    request: Request,
+) -> ApiResult<Response> {
+    let tenant = state
+        .store
+        .tenant_by_slug(&slug)
+        .await?
+        .ok_or_else(|| ApiError::not_found("gateway"))?;
+    let (parts, body) = request.into_parts();
+    let path = format!("/{rest}");
+    let method = parts.method.as_str().to_owned();
+    let price = pipeline::find_price(&state, &tenant, &method, &path)
+        .await?
+        .filter(|p| p.definition.upstream_url.is_some())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no-matching-price",
+                format!("no paid route matches {method} {path}"),
+            )
+        })?;
+    let body = axum::body::to_bytes(body, REQUEST_BODY_BYTES_MAX)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload-too-large",
+                format!("the gateway accepts bodies of at most {REQUEST_BODY_BYTES_MAX} bytes"),
+            )
+        })?;
+    let facts = RequestFacts {
+        method: method.clone(),
+        path: path.clone(),
+        accept_payment: parts
+            .headers
+            .get("accept-payment")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        body_digest: (!body.is_empty()).then(|| ContentDigest::sha256(&body).to_header_value()),
+    };
+    let authorization: Vec<String> = parts
+        .headers
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .filter_map(|v| v.to_str().ok().map(str::to_owned))
+        .collect();
+    let decision = if authorization
+        .iter()
+        .any(|v| v.to_ascii_lowercase().contains("payment"))
+    {
+        pipeline::verify(&state, &tenant, &authorization, &facts, None).await?
+    } else {
+        pipeline::challenge(&state, &tenant, &facts).await?
+    };
+    if decision.decision != DecisionKind::Paid {
+        return Ok(decision.to_response());
+    }
+    let payment_id = decision.payment_id.clone().ok_or_else(ApiError::internal)?;
+    let query = parts
+        .uri
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
+    let upstream = proxy(
+        &state,
+        &price,
+        &rest,
+        &query,
+        &parts.method,
+        &parts.headers,
+        body,
+        &payment_id,
+    )
+    .await;
+    match upstream {
+        Ok(response) if !response.status().is_server_error() => {
+            Ok(with_receipt(response, &decision))
+        }
+        outcome => {
+            refund(&state, &tenant, &payment_id, &price).await?;
+            Ok(match outcome {
+                Ok(response) => strip_for_error(response),
+                Err(detail) => ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream-failed",
+                    format!("{detail}; the payment was refunded"),
+                )
+                .into_response(),
+            })
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn proxy(
+    state: &AppState,
+    price: &PriceRef,
+    rest: &str,
+    query: &str,
+    method: &axum::http::Method,
+    headers: &HeaderMap,
+    body: Bytes,
+    payment_id: &str,
+) -> Result<Response, String> {
+    let base = price
+        .definition
+        .upstream_url
+        .as_deref()
+        .unwrap_or_default()
+        .trim_end_matches('/');
+    let url = format!("{base}/{rest}{query}");
+    let mut forwarded = reqwest::header::HeaderMap::new();
+    for (name, value) in headers {
+        let lower = name.as_str();
+        if HOP_BY_HOP.contains(&lower)
+            || lower == "content-length"
+            || lower == PAYMENT_HEADER
+            || (name == header::AUTHORIZATION && is_payment_authorization(value))
+        {
+            continue;
+        }
+        forwarded.append(name.clone(), value.clone());
+    }
+    if let Ok(value) = HeaderValue::from_str(payment_id) {
+        forwarded.insert(HeaderName::from_static(PAYMENT_HEADER), value);
+    }
+    let response = state
+        .http
+        .request(method.clone(), &url)
+        .headers(forwarded)
+        .body(body)
+        .send()
+        .await
+        .map_err(|err| {
+            let timeout = err.is_timeout();
+            tracing::warn!(error = %err.without_url(), "upstream request failed");
+            if timeout {
+                "the upstream did not answer in time".to_owned()
+            } else {
+                "the upstream could not be reached".to_owned()
+            }
+        })?;
+    let status = response.status();
+    let mut out_headers = HeaderMap::new();
+    for (name, value) in response.headers() {
+        if HOP_BY_HOP.contains(&name.as_str()) || name == header::CONTENT_LENGTH {
+            continue;
+        }
+        out_headers.append(name.clone(), value.clone());
+    }
+    let mut body = Vec::new();
+    let mut response = response;
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > RESPONSE_BODY_BYTES_MAX {
+                    return Err("the upstream's answer is too large".to_owned());
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => break,
+            Err(_) => return Err("the upstream's answer broke off".to_owned()),
+        }
+    }
+    let mut out = Response::new(Body::from(body));
+    *out.status_mut() = status;
+    *out.headers_mut() = out_headers;
+    Ok(out)
+}
+
+fn with_receipt(mut response: Response, decision: &Decision) -> Response {
+    if response.status().is_success() {
+        decision.apply_headers(response.headers_mut());
+    }
+    response
+}
+
+fn strip_for_error(mut response: Response) -> Response {
+    response.headers_mut().remove("payment-receipt");
+    response
+}
+
+/// Return a settled payment to its payer (and the fee to the merchant), then mark it refunded.
+async fn refund(
+    state: &AppState,
+    tenant: &TenantRow,
+    payment_id: &str,
+    price: &PriceRef,
+) -> ApiResult<()> {
+    let payment = state
+        .store
+        .payment(&tenant.id, payment_id)
+        .await?
+        .ok_or_else(ApiError::internal)?;
+    let payer = payment
+        .payer_tenant_id
+        .clone()
+        .ok_or_else(ApiError::internal)?;
+    let currency = &price.definition.currency;
+    let amount = price.definition.amount_minor();
+    let revenue = state
+        .account(&tenant.id, AccountKind::MerchantRevenue, currency)
+        .await?;
+    let balance = state
+        .account(&payer, AccountKind::PayerBalance, currency)
+        .await?;
+    let fee = fee_minor(amount, state.config.platform_fee_bps);
+    let mut transfers = Vec::with_capacity(2);
+    if fee > 0 {
+        let fees = state
+            .account(PLATFORM_OWNER, AccountKind::PlatformFees, currency)
+            .await?;
+        transfers.push(TransferRequest::Transfer {
+            id: TransferId(ids::derived_u128(&["fee-refund", payment_id])),
+            debit_account_id: fees,
+            credit_account_id: revenue,
+            amount: fee,
+            currency: currency.clone(),
+            timeout_ms: None,
+            code: codes::FEE_REFUND,
+            user_data: Some(payment_id.to_owned()),
+        });
+    }
+    transfers.push(TransferRequest::Transfer {
+        id: TransferId(ids::derived_u128(&["refund", payment_id])),
+        debit_account_id: revenue,
+        credit_account_id: balance,
+        amount,
+        currency: currency.clone(),
+        timeout_ms: None,
+        code: codes::REFUND,
+        user_data: Some(payment_id.to_owned()),
+    });
+    let results = state.engine.linked(transfers).await.map_err(|err| {
+        tracing::error!(error = %err, payment = payment_id, "ledger failed while refunding");
+        ApiError::unavailable("the upstream failed and the refund could not be booked yet")
+    })?;
+    if let Some(Err(err)) = results.into_iter().find(Result::is_err) {
+        tracing::error!(error = %err, payment = payment_id, "refund refused by the ledger");
+        return Err(ApiError::internal());
+    }
+    state
+        .store
+        .refund_payment(payment_id, state.now_ms())
+        .await?;
+    tracing::info!(
+        payment = payment_id,
+        "payment refunded after an upstream failure"
+    );
+    Ok(())
+}

@@ -1,0 +1,38 @@
+//! Health, readiness and the public signing keys.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::state::AppState;
+
+/// `/healthz`, `/readyz`, `/.well-known/jwks.json`.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(ready))
+        .route("/.well-known/jwks.json", get(jwks))
+}
+
+async fn ready(State(state): State<AppState>) -> impl IntoResponse {
+    let db = state.store.ping().await.is_ok();
+    let ledger = !state.engine.is_stopped();
+    if db && ledger {
+        (StatusCode::OK, Json(json!({"status": "ready"})))
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unavailable", "database": db, "ledger": ledger})),
+        )
+    }
+}
+
+async fn jwks(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(axum::http::header::CACHE_CONTROL, "public, max-age=300")],
+        Json(state.keys().jwks()),
+    )
+}

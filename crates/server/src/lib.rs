@@ -1,0 +1,70 @@
+//! `turnpike-server`: Turnpike's HTTP API (axum). Tenants and API keys, the price catalog,
+//! `/v1/challenges` and `/v1/verify` (the verify pipeline), the `turnpike` balance method
+//! (agents, tokens, `/v1/agent/pay`), and the gateway. See `docs/api.md`.
+
+pub mod auth;
+pub mod catalog;
+pub mod decision;
+pub mod error;
+pub mod http;
+pub mod ids;
+pub mod method_turnpike;
+pub mod pipeline;
+pub mod state;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use tokio::net::TcpListener;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+use turnpike_ledger::{Engine, EngineConfig};
+use turnpike_store::{Store, spawn_expiry_sweeper};
+
+pub use decision::{Decision, DecisionKind};
+pub use error::ApiError;
+pub use state::{AppState, Config};
+
+/// Largest request body any route reads.
+pub const BODY_BYTES_MAX: usize = 1 << 20;
+/// How often due reservations are voided.
+pub const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
+/// Most reservations voided per sweep.
+pub const SWEEP_BATCH_MAX: usize = 1_000;
+
+/// The application: every route with its middleware.
+pub fn app(state: AppState) -> Router {
+    http::router()
+        .with_state(state)
+        .layer(RequestBodyLimitLayer::new(BODY_BYTES_MAX))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(TraceLayer::new_for_http())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+}
+
+/// Start the ledger engine and the expiry sweeper over `store`, and build the state.
+pub async fn start(store: Store, config: Config) -> anyhow::Result<AppState> {
+    let engine = Engine::start(Arc::new(store.clone()), EngineConfig::default());
+    spawn_expiry_sweeper(
+        store.clone(),
+        engine.clone(),
+        SWEEP_INTERVAL,
+        SWEEP_BATCH_MAX,
+    );
+    AppState::new(store, engine, config).await
+}
+
+/// Serve on `listener` until `shutdown` resolves, then finish the requests in flight.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    Ok(())
+}

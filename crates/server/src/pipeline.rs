@@ -1,0 +1,656 @@
+//! The verify pipeline: issuing challenges for a request, and turning a credential into a
+//! decision (parse, tenant binding, expiry, body digest, price and route, offline method
+//! check, single-use claim, settlement, receipt). Nothing is written for an unpaid request.
+
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use turnpike_protocol::challenge::ChallengeParams;
+use turnpike_protocol::credential::CredentialError;
+use turnpike_protocol::{
+    BindingSecret, Challenge, ContentDigest, Credential, Problem, ProblemType, Receipt,
+    accept_payment, b64, find_payment_credential, jcs,
+};
+use turnpike_store::{Claim, Idempotency, PaymentRow, TenantRow};
+
+use crate::catalog::{PriceDefinition, match_route};
+use crate::decision::{Decision, DecisionKind};
+use crate::error::{ApiError, PROBLEM_BASE};
+use crate::ids;
+use crate::method_turnpike;
+use crate::state::AppState;
+
+/// Binding secrets read per tenant (the current one and those still verifying).
+const BINDING_SECRETS_READ_MAX: i64 = 8;
+/// Longest Idempotency-Key.
+pub const IDEMPOTENCY_KEY_LEN_MAX: usize = 255;
+
+/// The merchant's incoming request, as far as payment is concerned.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestFacts {
+    /// HTTP method.
+    pub method: String,
+    /// Path (no query).
+    pub path: String,
+    /// `Accept-Payment` header.
+    #[serde(default)]
+    pub accept_payment: Option<String>,
+    /// `Content-Digest` of the body (RFC 9530).
+    #[serde(default)]
+    pub body_digest: Option<String>,
+}
+
+impl RequestFacts {
+    fn validate(&self) -> Result<Option<ContentDigest>, ApiError> {
+        if self.method.is_empty()
+            || self.method.len() > 16
+            || !self.method.bytes().all(|b| b.is_ascii_uppercase())
+        {
+            return Err(ApiError::invalid(
+                "`method` must be an uppercase HTTP method",
+            ));
+        }
+        if !self.path.starts_with('/') || self.path.len() > 2048 || self.path.contains('?') {
+            return Err(ApiError::invalid(
+                "`path` must start with `/`, hold no query and be at most 2048 bytes",
+            ));
+        }
+        self.body_digest
+            .as_deref()
+            .map(ContentDigest::parse)
+            .transpose()
+            .map_err(|_| {
+                ApiError::invalid("`bodyDigest` must be an RFC 9530 value like `sha-256=:...:`")
+            })
+    }
+}
+
+/// A price version as a challenge names it.
+#[derive(Debug, Clone)]
+pub struct PriceRef {
+    /// Price id.
+    pub id: String,
+    /// Version.
+    pub version: i64,
+    /// Its definition.
+    pub definition: PriceDefinition,
+}
+
+/// The tenant's binding secrets: the current one issues, all listed verify.
+struct Secrets {
+    current: BindingSecret,
+    verifying: Vec<BindingSecret>,
+}
+
+async fn secrets(state: &AppState, tenant_id: &str) -> Result<Secrets, ApiError> {
+    let rows = state
+        .store
+        .binding_secrets(tenant_id, BINDING_SECRETS_READ_MAX)
+        .await?;
+    let now_ms = state.now_ms();
+    let ttl_max_ms = i64::try_from(crate::catalog::CHALLENGE_TTL_S_MAX).unwrap_or(i64::MAX) * 1000;
+    let mut verifying = Vec::with_capacity(rows.len());
+    // rows are newest first: a secret verifies until the challenges issued before its
+    // successor was created may have expired.
+    let mut superseded_at: Option<i64> = None;
+    for row in &rows {
+        let still_valid =
+            superseded_at.is_none_or(|at| now_ms < at.saturating_add(ttl_max_ms) + 1000);
+        if still_valid
+            && let Some(secret) = b64::decode(&row.secret)
+                .ok()
+                .and_then(|b| BindingSecret::new(&b).ok())
+        {
+            verifying.push(secret);
+        }
+        superseded_at = Some(row.created_at);
+    }
+    let current = verifying.first().cloned().ok_or_else(|| {
+        tracing::error!(tenant = tenant_id, "tenant has no usable binding secret");
+        ApiError::internal()
+    })?;
+    Ok(Secrets { current, verifying })
+}
+
+/// The tenant's most specific live price for a request.
+pub async fn find_price(
+    state: &AppState,
+    tenant: &TenantRow,
+    method: &str,
+    path: &str,
+) -> Result<Option<PriceRef>, ApiError> {
+    let mut best: Option<(Vec<u8>, PriceRef)> = None;
+    for row in state.store.prices(&tenant.id).await? {
+        let Ok(definition) = serde_json::from_str::<PriceDefinition>(&row.definition) else {
+            tracing::error!(price = %row.id, "stored price definition does not parse");
+            continue;
+        };
+        if let Some(key) = match_route(&definition.route, method, path)
+            && best.as_ref().is_none_or(|(k, _)| key > *k)
+        {
+            best = Some((
+                key,
+                PriceRef {
+                    id: row.id,
+                    version: row.version,
+                    definition,
+                },
+            ));
+        }
+    }
+    Ok(best.map(|(_, price)| price))
+}
+
+fn no_matching_price(method: &str) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::NOT_FOUND,
+        "no-matching-price",
+        format!("no price in the catalog matches this {method} request"),
+    )
+}
+
+/// The opaque a challenge carries: which tenant, price and version it was issued for.
+fn opaque(tenant: &TenantRow, price: &PriceRef) -> Result<String, ApiError> {
+    let mut map = Map::new();
+    map.insert("price".into(), Value::String(price.id.clone()));
+    map.insert("tenant".into(), Value::String(tenant.id.clone()));
+    map.insert("version".into(), Value::String(price.version.to_string()));
+    jcs::to_b64(&map).map_err(|_| ApiError::internal())
+}
+
+fn format_expires(at_ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(at_ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// Issue one challenge per method of `price`, in `Accept-Payment` order: (id, header value).
+fn issue_challenges(
+    state: &AppState,
+    secret: &BindingSecret,
+    tenant: &TenantRow,
+    price: &PriceRef,
+    facts: &RequestFacts,
+    digest: Option<&ContentDigest>,
+) -> Result<Vec<(String, String)>, ApiError> {
+    let def = &price.definition;
+    let offers: Vec<(&str, &str)> = def
+        .methods
+        .iter()
+        .map(|m| (m.as_str(), def.intent.as_str()))
+        .collect();
+    let order = accept_payment::negotiate(facts.accept_payment.as_deref(), &offers);
+    let ttl_ms = i64::try_from(def.challenge_ttl_s)
+        .unwrap_or(i64::MAX)
+        .saturating_mul(1000);
+    let expires = format_expires(state.now_ms().saturating_add(ttl_ms));
+    let opaque = opaque(tenant, price)?;
+    let mut out = Vec::with_capacity(order.len());
+    for index in order {
+        let method = &def.methods[index];
+        let request = method_request(state, tenant, method, def)?;
+        let challenge = Challenge::issue_with_secret(
+            secret,
+            ChallengeParams {
+                realm: tenant.realm.clone(),
+                method: method.clone(),
+                intent: def.intent.clone(),
+                request,
+                expires: Some(expires.clone()),
+                digest: digest.map(ContentDigest::to_header_value),
+                description: def.description.clone(),
+                opaque: Some(opaque.clone()),
+            },
+        )
+        .map_err(|err| {
+            tracing::error!(error = %err, "issuing a challenge failed");
+            ApiError::internal()
+        })?;
+        let header = challenge.to_header_value().map_err(|err| {
+            tracing::error!(error = %err, "formatting a challenge failed");
+            ApiError::internal()
+        })?;
+        out.push((challenge.id, header));
+    }
+    Ok(out)
+}
+
+/// The method-specific `request` object for a price.
+fn method_request(
+    state: &AppState,
+    tenant: &TenantRow,
+    method: &str,
+    def: &PriceDefinition,
+) -> Result<Map<String, Value>, ApiError> {
+    match method {
+        "turnpike" => Ok(method_turnpike::challenge_request(state, tenant, def)),
+        _ => Err(ApiError::internal()),
+    }
+}
+
+/// `POST /v1/challenges`: the 402 for a request (or `no-matching-price`).
+pub async fn challenge(
+    state: &AppState,
+    tenant: &TenantRow,
+    facts: &RequestFacts,
+) -> Result<Decision, ApiError> {
+    let digest = facts.validate()?;
+    let price = find_price(state, tenant, &facts.method, &facts.path)
+        .await?
+        .ok_or_else(|| no_matching_price(&facts.method))?;
+    let secrets = secrets(state, &tenant.id).await?;
+    fresh_402(
+        state,
+        &secrets,
+        tenant,
+        &price,
+        facts,
+        digest.as_ref(),
+        Problem::new(
+            ProblemType::PaymentRequired,
+            "payment is required for this resource",
+        ),
+    )
+}
+
+fn fresh_402(
+    state: &AppState,
+    secrets: &Secrets,
+    tenant: &TenantRow,
+    price: &PriceRef,
+    facts: &RequestFacts,
+    digest: Option<&ContentDigest>,
+    problem: Problem,
+) -> Result<Decision, ApiError> {
+    let challenges = issue_challenges(state, &secrets.current, tenant, price, facts, digest)?;
+    Ok(Decision::payment_required(challenges, problem))
+}
+
+fn turnpike_problem(code: &str, title: &str, status: u16, detail: &str) -> Value {
+    json!({
+        "type": format!("{PROBLEM_BASE}{code}"),
+        "title": title,
+        "status": status,
+        "detail": detail,
+    })
+}
+
+/// Why a credential was refused before settlement.
+enum Refusal {
+    /// 402 with a fresh challenge and this problem.
+    Retry(ProblemType, String),
+    /// 400, no challenge.
+    BadRequest(Value),
+}
+
+fn retry(kind: ProblemType, detail: impl Into<String>) -> Refusal {
+    Refusal::Retry(kind, detail.into())
+}
+
+/// `POST /v1/verify`: the whole pipeline, under an optional idempotency key.
+pub async fn verify(
+    state: &AppState,
+    tenant: &TenantRow,
+    authorization: &[String],
+    facts: &RequestFacts,
+    idempotency_key: Option<&str>,
+) -> Result<Decision, ApiError> {
+    let digest = facts.validate()?;
+    let Some(key) = idempotency_key else {
+        return verify_once(state, tenant, authorization, facts, digest.as_ref()).await;
+    };
+    if key.is_empty() || key.len() > IDEMPOTENCY_KEY_LEN_MAX || key.chars().any(char::is_control) {
+        return Err(ApiError::invalid(format!(
+            "`Idempotency-Key` must be 1 to {IDEMPOTENCY_KEY_LEN_MAX} printable characters"
+        )));
+    }
+    let request_hash = ids::hash_secret(&format!(
+        "{}\n{}\n{}\n{}",
+        authorization.join("\n"),
+        facts.method,
+        facts.path,
+        facts.body_digest.as_deref().unwrap_or("")
+    ));
+    match state
+        .store
+        .idempotency_start(&tenant.id, key, &request_hash, state.now_ms())
+        .await?
+    {
+        Idempotency::Started => {}
+        Idempotency::Done(stored) => {
+            return serde_json::from_str(&stored).map_err(|_| ApiError::internal());
+        }
+        Idempotency::InProgress => {
+            return Err(ApiError::new(
+                axum::http::StatusCode::CONFLICT,
+                "idempotency-key-in-use",
+                "a request with this Idempotency-Key is still running; retry shortly",
+            ));
+        }
+        Idempotency::Mismatch => {
+            return Err(ApiError::new(
+                axum::http::StatusCode::CONFLICT,
+                "idempotency-key-in-use",
+                "this Idempotency-Key was used for a different request",
+            ));
+        }
+    }
+    let outcome = verify_once(state, tenant, authorization, facts, digest.as_ref()).await;
+    match &outcome {
+        // Only a payment is remembered: a refused attempt may be retried under the same key
+        // with a better credential.
+        Ok(decision) if decision.decision == DecisionKind::Paid => {
+            let stored = serde_json::to_string(decision).map_err(|_| ApiError::internal())?;
+            state
+                .store
+                .idempotency_finish(&tenant.id, key, &stored)
+                .await?;
+        }
+        _ => state.store.idempotency_abandon(&tenant.id, key).await?,
+    }
+    outcome
+}
+
+async fn verify_once(
+    state: &AppState,
+    tenant: &TenantRow,
+    authorization: &[String],
+    facts: &RequestFacts,
+    digest: Option<&ContentDigest>,
+) -> Result<Decision, ApiError> {
+    let secrets = secrets(state, &tenant.id).await?;
+    let credential = match find_payment_credential(authorization.iter().map(String::as_str)) {
+        Ok(Some(credential)) => credential,
+        Ok(None) => {
+            return challenge_for(
+                state,
+                &secrets,
+                tenant,
+                facts,
+                digest,
+                retry(
+                    ProblemType::PaymentRequired,
+                    "payment is required for this resource",
+                ),
+            )
+            .await;
+        }
+        Err(CredentialError::MultipleCredentials) => {
+            return Ok(Decision::refused(
+                DecisionKind::BadRequest,
+                400,
+                turnpike_problem(
+                    "multiple-credentials",
+                    "Several Payment credentials",
+                    400,
+                    "the request carries more than one Payment credential; send exactly one",
+                ),
+            ));
+        }
+        Err(err) => {
+            return challenge_for(
+                state,
+                &secrets,
+                tenant,
+                facts,
+                digest,
+                retry(ProblemType::MalformedCredential, err.to_string()),
+            )
+            .await;
+        }
+    };
+    match check_credential(state, &secrets, tenant, facts, digest, &credential).await? {
+        Ok(checked) => settle(state, &secrets, tenant, facts, digest, checked).await,
+        Err(refusal) => challenge_for(state, &secrets, tenant, facts, digest, refusal).await,
+    }
+}
+
+async fn challenge_for(
+    state: &AppState,
+    secrets: &Secrets,
+    tenant: &TenantRow,
+    facts: &RequestFacts,
+    digest: Option<&ContentDigest>,
+    refusal: Refusal,
+) -> Result<Decision, ApiError> {
+    match refusal {
+        Refusal::BadRequest(problem) => {
+            Ok(Decision::refused(DecisionKind::BadRequest, 400, problem))
+        }
+        Refusal::Retry(kind, detail) => {
+            let price = find_price(state, tenant, &facts.method, &facts.path)
+                .await?
+                .ok_or_else(|| no_matching_price(&facts.method))?;
+            fresh_402(
+                state,
+                secrets,
+                tenant,
+                &price,
+                facts,
+                digest,
+                Problem::new(kind, detail),
+            )
+        }
+    }
+}
+
+/// A credential that passed every offline check.
+struct Checked {
+    credential: Credential,
+    price: PriceRef,
+    verified: method_turnpike::VerifiedGrant,
+}
+
+async fn check_credential(
+    state: &AppState,
+    secrets: &Secrets,
+    tenant: &TenantRow,
+    facts: &RequestFacts,
+    digest: Option<&ContentDigest>,
+    credential: &Credential,
+) -> Result<Result<Checked, Refusal>, ApiError> {
+    let echo = &credential.challenge;
+    // The binding first: nothing echoed is trusted before it.
+    let input = echo.binding_input();
+    if echo.realm != tenant.realm || !secrets.verifying.iter().any(|s| s.verify(&input, &echo.id)) {
+        return Ok(Err(retry(
+            ProblemType::InvalidChallenge,
+            "the challenge was not issued by this merchant or was altered",
+        )));
+    }
+    let Some(price) = price_of_challenge(state, tenant, echo.opaque.as_deref()).await? else {
+        return Ok(Err(retry(
+            ProblemType::InvalidChallenge,
+            "the challenge names no known price",
+        )));
+    };
+    if !price.definition.methods.contains(&echo.method) || echo.intent != price.definition.intent {
+        return Ok(Err(Refusal::BadRequest(
+            serde_json::to_value(Problem::new(
+                ProblemType::MethodUnsupported,
+                format!(
+                    "payment method `{}` is not accepted for this resource",
+                    echo.method
+                ),
+            ))
+            .unwrap_or_default(),
+        )));
+    }
+    if match_route(&price.definition.route, &facts.method, &facts.path).is_none() {
+        return Ok(Err(retry(
+            ProblemType::InvalidChallenge,
+            "the challenge was issued for another resource",
+        )));
+    }
+    match echo.expires_at() {
+        Ok(Some(at)) if at.timestamp_millis() > state.now_ms() => {}
+        Ok(Some(_)) => {
+            return Ok(Err(retry(
+                ProblemType::InvalidChallenge,
+                "the challenge has expired",
+            )));
+        }
+        _ => {
+            return Ok(Err(retry(
+                ProblemType::InvalidChallenge,
+                "the challenge has no valid expiry",
+            )));
+        }
+    }
+    if let Some(echoed) = echo.digest.as_deref() {
+        let same = match (ContentDigest::parse(echoed), digest) {
+            (Ok(expected), Some(actual)) => expected.ct_equals(actual),
+            _ => false,
+        };
+        if !same {
+            return Ok(Err(retry(
+                ProblemType::VerificationFailed,
+                "the request body differs from the one the challenge was issued for",
+            )));
+        }
+    }
+    let Ok(request) = echo.request_json() else {
+        return Ok(Err(retry(
+            ProblemType::InvalidChallenge,
+            "the challenge request does not decode",
+        )));
+    };
+    let expected = method_request(state, tenant, &echo.method, &price.definition)?;
+    if request != expected {
+        return Ok(Err(retry(
+            ProblemType::InvalidChallenge,
+            "the challenge request does not match the price it names",
+        )));
+    }
+    let verified = match echo.method.as_str() {
+        "turnpike" => {
+            method_turnpike::verify_offline(state, tenant, credential, &price.definition).await?
+        }
+        _ => {
+            return Ok(Err(retry(
+                ProblemType::VerificationFailed,
+                "unsupported method",
+            )));
+        }
+    };
+    Ok(match verified {
+        Ok(verified) => Ok(Checked {
+            credential: credential.clone(),
+            price,
+            verified,
+        }),
+        Err((kind, detail)) => Err(retry(kind, detail)),
+    })
+}
+
+async fn price_of_challenge(
+    state: &AppState,
+    tenant: &TenantRow,
+    opaque: Option<&str>,
+) -> Result<Option<PriceRef>, ApiError> {
+    let Some(map) = opaque
+        .and_then(|o| b64::decode(o).ok())
+        .and_then(|bytes| serde_json::from_slice::<Map<String, Value>>(&bytes).ok())
+    else {
+        return Ok(None);
+    };
+    let field = |name: &str| map.get(name).and_then(Value::as_str);
+    let (Some(tenant_id), Some(price_id), Some(version)) = (
+        field("tenant"),
+        field("price"),
+        field("version").and_then(|v| v.parse::<i64>().ok()),
+    ) else {
+        return Ok(None);
+    };
+    if tenant_id != tenant.id {
+        return Ok(None);
+    }
+    let Some(definition) = state
+        .store
+        .price_version(&tenant.id, price_id, version)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let Ok(definition) = serde_json::from_str::<PriceDefinition>(&definition) else {
+        return Ok(None);
+    };
+    Ok(Some(PriceRef {
+        id: price_id.to_owned(),
+        version,
+        definition,
+    }))
+}
+
+async fn settle(
+    state: &AppState,
+    secrets: &Secrets,
+    tenant: &TenantRow,
+    facts: &RequestFacts,
+    digest: Option<&ContentDigest>,
+    checked: Checked,
+) -> Result<Decision, ApiError> {
+    let now_ms = state.now_ms();
+    let payment_id = ids::new_id("pay");
+    let row = PaymentRow {
+        id: payment_id.clone(),
+        tenant_id: tenant.id.clone(),
+        challenge_id: checked.credential.challenge.id.clone(),
+        proof_key: format!("turnpike:{}", checked.verified.grant_id),
+        state: "claimed".to_owned(),
+        method: checked.credential.challenge.method.clone(),
+        amount: checked.price.definition.amount.clone(),
+        currency: checked.price.definition.currency.clone(),
+        price_id: checked.price.id.clone(),
+        price_version: checked.price.version,
+        payer_tenant_id: Some(checked.verified.payer_tenant_id.clone()),
+        reference: None,
+        created_at: now_ms,
+        updated_at: now_ms,
+    };
+    match state.store.claim_payment(&row).await? {
+        Claim::Claimed => {}
+        Claim::Taken(_) => {
+            return Ok(Decision::refused(
+                DecisionKind::Forbidden,
+                403,
+                turnpike_problem(
+                    "credential-already-used",
+                    "Credential already used",
+                    403,
+                    "this challenge or proof has already been used for a payment",
+                ),
+            ));
+        }
+    }
+    match method_turnpike::settle(
+        state,
+        tenant,
+        &payment_id,
+        &checked.verified,
+        &checked.price.definition,
+    )
+    .await
+    {
+        Ok(()) => {}
+        Err(failure) => {
+            state.store.release_claim(&payment_id).await?;
+            return match failure {
+                method_turnpike::SettleError::Refused(kind, detail) => {
+                    challenge_for(state, secrets, tenant, facts, digest, retry(kind, detail)).await
+                }
+                method_turnpike::SettleError::Api(err) => Err(err),
+            };
+        }
+    }
+    state
+        .store
+        .settle_payment(&payment_id, &payment_id, state.now_ms())
+        .await?;
+    let timestamp = chrono::DateTime::from_timestamp_millis(state.now_ms()).unwrap_or_default();
+    let receipt = Receipt::success("turnpike", timestamp, &payment_id)
+        .to_header_value()
+        .map_err(|_| ApiError::internal())?;
+    tracing::info!(payment = %payment_id, tenant = %tenant.id, "payment settled");
+    Ok(Decision::paid(payment_id, receipt))
+}

@@ -1,0 +1,191 @@
+//! Shared server state: the store, the ledger engine, the signing keys, configuration, and the
+//! ledger accounts every payment touches.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use turnpike_ledger::{AccountFlags, AccountId, AccountKind, Engine, NewAccount};
+use turnpike_policy::{KeyRing, SigningKey};
+use turnpike_store::Store;
+
+use crate::error::ApiError;
+use crate::ids;
+
+/// The ledger book every Turnpike account lives in: money moves between tenants, so they share
+/// one book and each account's owner is the tenant (or `platform`).
+pub const LEDGER_BOOK: &str = "turnpike";
+/// The owner of the platform's own accounts.
+pub const PLATFORM_OWNER: &str = "platform";
+
+/// Server configuration, validated at start-up.
+#[derive(Clone)]
+pub struct Config {
+    /// The URL clients reach this server at (issuer of grants and tokens).
+    pub public_url: String,
+    /// Enables the operator API when set.
+    pub admin_token: Option<String>,
+    /// Platform fee on `turnpike` payments, in basis points of the amount.
+    pub platform_fee_bps: u32,
+    /// Longest wait for a gateway upstream.
+    pub upstream_timeout: Duration,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("public_url", &self.public_url)
+            .field("admin_api", &self.admin_token.is_some())
+            .field("platform_fee_bps", &self.platform_fee_bps)
+            .field("upstream_timeout", &self.upstream_timeout)
+            .finish()
+    }
+}
+
+/// Highest platform fee (100%).
+pub const PLATFORM_FEE_BPS_MAX: u32 = 10_000;
+
+/// State shared by every request (cheap to clone).
+#[derive(Clone, Debug)]
+pub struct AppState(Arc<Inner>);
+
+#[derive(Debug)]
+pub struct Inner {
+    /// The database.
+    pub store: Store,
+    /// The ledger's posting engine.
+    pub engine: Engine,
+    /// Configuration.
+    pub config: Config,
+    /// HTTP client for gateway upstreams.
+    pub http: reqwest::Client,
+    keys: RwLock<KeyRing>,
+    accounts_known: Mutex<HashSet<u128>>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    /// Build the state: load (or create, on first start) the platform signing keys.
+    pub async fn new(store: Store, engine: Engine, config: Config) -> anyhow::Result<Self> {
+        let keys = load_keys(&store, engine.now_ms()).await?;
+        let http = reqwest::Client::builder()
+            .timeout(config.upstream_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        Ok(Self(Arc::new(Inner {
+            store,
+            engine,
+            config,
+            http,
+            keys: RwLock::new(keys),
+            accounts_known: Mutex::new(HashSet::new()),
+        })))
+    }
+
+    /// The signing keys.
+    pub fn keys(&self) -> KeyRing {
+        match self.keys.read() {
+            Ok(keys) => keys.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Reload the signing keys (another replica may have created one).
+    pub async fn reload_keys(&self) -> Result<KeyRing, ApiError> {
+        let keys = load_keys(&self.store, self.engine.now_ms())
+            .await
+            .map_err(|err| {
+                tracing::error!(error = %err, "loading signing keys failed");
+                ApiError::unavailable("signing keys unavailable")
+            })?;
+        match self.keys.write() {
+            Ok(mut slot) => *slot = keys.clone(),
+            Err(poisoned) => *poisoned.into_inner() = keys.clone(),
+        }
+        Ok(keys)
+    }
+
+    /// Now, in unix ms (the ledger engine's clock).
+    pub fn now_ms(&self) -> i64 {
+        self.engine.now_ms()
+    }
+
+    /// The id of `owner`'s account of `kind` in `currency`, created on first use.
+    pub async fn account(
+        &self,
+        owner: &str,
+        kind: AccountKind,
+        currency: &str,
+    ) -> Result<AccountId, ApiError> {
+        let id = AccountId(ids::derived_u128(&[
+            "account",
+            owner,
+            kind.as_str(),
+            currency,
+        ]));
+        let known = self
+            .accounts_known
+            .lock()
+            .map(|set| set.contains(&id.0))
+            .unwrap_or(false);
+        if known {
+            return Ok(id);
+        }
+        let flags = AccountFlags {
+            debits_must_not_exceed_credits: kind == AccountKind::PayerBalance,
+            credits_must_not_exceed_debits: false,
+        };
+        let new = NewAccount {
+            id,
+            tenant: LEDGER_BOOK.to_owned(),
+            owner: owner.to_owned(),
+            kind,
+            currency: currency.to_owned(),
+            flags,
+        };
+        match self.store.create_account(new, self.now_ms()).await? {
+            Ok(_) => {
+                if let Ok(mut set) = self.accounts_known.lock() {
+                    set.insert(id.0);
+                }
+                Ok(id)
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "creating a ledger account failed");
+                Err(ApiError::internal())
+            }
+        }
+    }
+}
+
+async fn load_keys(store: &Store, now_ms: i64) -> anyhow::Result<KeyRing> {
+    let mut stored = store.signing_keys().await?;
+    if stored.is_empty() {
+        let key = SigningKey::generate();
+        let der = URL_SAFE_NO_PAD.encode(key.to_pkcs8_der());
+        store.insert_signing_key(key.kid(), &der, now_ms).await?;
+        stored = store.signing_keys().await?;
+    }
+    let mut keys = Vec::with_capacity(stored.len());
+    for (kid, der) in stored {
+        let bytes = URL_SAFE_NO_PAD
+            .decode(der.as_bytes())
+            .map_err(|_| anyhow::anyhow!("signing key {kid} is not base64url"))?;
+        let key = SigningKey::from_pkcs8_der(&bytes)
+            .map_err(|_| anyhow::anyhow!("signing key {kid} is not a PKCS#8 Ed25519 key"))?;
+        keys.push(key);
+    }
+    let mut keys = keys.into_iter();
+    let current = keys
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("no signing key"))?;
+    Ok(KeyRing::new(current, keys.collect()))
+}

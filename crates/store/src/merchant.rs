@@ -1,0 +1,793 @@
+//! The merchant core's rows: tenants, API keys, binding secrets, signing keys, prices and their
+//! versions, payments (the single-use claims), idempotency keys, agents and agent tokens.
+//!
+//! One SQL text serves both databases (`$n` placeholders, BIGINT/TEXT columns); the
+//! [`on_pool!`] macro expands each query once per driver so that both are type-checked.
+//! Every query that reads a tenant's object takes the tenant id: another tenant's row is
+//! never returned.
+
+use crate::error::StoreError;
+use crate::{Db, Store};
+
+/// Run `$body` with `$pool` bound to whichever pool the store holds.
+macro_rules! on_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match &$store.db {
+            Db::Sqlite($pool) => $body,
+            Db::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// A tenant: a merchant and/or a paying organisation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantRow {
+    /// `ten_...`
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Unique URL slug (gateway path).
+    pub slug: String,
+    /// MPP realm of its challenges.
+    pub realm: String,
+    /// Unix ms.
+    pub created_at: i64,
+}
+
+/// A secret API key's stored form (never the secret).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyRow {
+    /// `key_...`
+    pub id: String,
+    /// Owner.
+    pub tenant_id: String,
+    /// Label.
+    pub name: String,
+    /// The first characters of the secret, for listings.
+    pub prefix: String,
+    /// Hex SHA-256 of the secret.
+    pub secret_hash: String,
+    /// Unix ms.
+    pub created_at: i64,
+    /// Unix ms, once revoked.
+    pub revoked_at: Option<i64>,
+}
+
+/// One version of a tenant's challenge-binding secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BindingSecretRow {
+    /// 1, 2, ...
+    pub version: i64,
+    /// The secret (base64url).
+    pub secret: String,
+    /// Unix ms.
+    pub created_at: i64,
+}
+
+impl std::fmt::Debug for BindingSecretRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BindingSecretRow")
+            .field("version", &self.version)
+            .field("created_at", &self.created_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A price's current state with its current definition (JSON, owned by the server).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PriceRow {
+    /// `price_...`
+    pub id: String,
+    /// Owner.
+    pub tenant_id: String,
+    /// Current version.
+    pub version: i64,
+    /// The current version's definition (JSON).
+    pub definition: String,
+    /// Unix ms.
+    pub created_at: i64,
+    /// Unix ms.
+    pub updated_at: i64,
+}
+
+/// A payment: the claim of one challenge id and one proof, then its settlement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentRow {
+    /// `pay_...`
+    pub id: String,
+    /// The merchant.
+    pub tenant_id: String,
+    /// The challenge it pays.
+    pub challenge_id: String,
+    /// `method:proof`, unique across the platform.
+    pub proof_key: String,
+    /// `claimed`, `settled` or `refunded`.
+    pub state: String,
+    /// Payment method.
+    pub method: String,
+    /// Minor units.
+    pub amount: String,
+    /// Currency.
+    pub currency: String,
+    /// Price paid.
+    pub price_id: String,
+    /// Its version.
+    pub price_version: i64,
+    /// The paying tenant, for the `turnpike` method.
+    pub payer_tenant_id: Option<String>,
+    /// Rail reference (receipt `reference`).
+    pub reference: Option<String>,
+    /// Unix ms.
+    pub created_at: i64,
+    /// Unix ms.
+    pub updated_at: i64,
+}
+
+/// What claiming a payment found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The claim is ours.
+    Claimed,
+    /// The challenge id or the proof was claimed before; the existing row's state, when the
+    /// conflicting row could be read.
+    Taken(Option<String>),
+}
+
+/// What starting an idempotent request found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Idempotency {
+    /// First use of the key: go ahead, then [`Store::idempotency_finish`].
+    Started,
+    /// The key is in use by a request still running.
+    InProgress,
+    /// The key was used for another request.
+    Mismatch,
+    /// The stored response of the first request.
+    Done(String),
+}
+
+/// An agent of a tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentRow {
+    /// `agt_...`
+    pub id: String,
+    /// Owner.
+    pub tenant_id: String,
+    /// Label.
+    pub name: String,
+    /// Unix ms.
+    pub created_at: i64,
+}
+
+/// An agent token's stored form (the token itself is a signed JWT, never stored).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentTokenRow {
+    /// `tok_...`
+    pub id: String,
+    /// Agent.
+    pub agent_id: String,
+    /// Owner.
+    pub tenant_id: String,
+    /// Max per payment, minor units.
+    pub max_amount: Option<String>,
+    /// Its currency.
+    pub max_currency: Option<String>,
+    /// Unix ms.
+    pub expires_at: i64,
+    /// Unix ms.
+    pub created_at: i64,
+    /// Unix ms, once revoked.
+    pub revoked_at: Option<i64>,
+}
+
+/// Why a tenant could not be created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TenantConflict {
+    /// The slug is taken.
+    Slug,
+}
+
+fn is_unique_violation(err: &sqlx::Error) -> bool {
+    err.as_database_error()
+        .is_some_and(|db| db.is_unique_violation())
+}
+
+type TenantTuple = (String, String, String, String, i64);
+type ApiKeyTuple = (String, String, String, String, String, i64, Option<i64>);
+type PriceTuple = (String, String, i64, String, i64, i64);
+type PaymentTuple = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    Option<String>,
+    Option<String>,
+    i64,
+    i64,
+);
+type AgentTokenTuple = (
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    i64,
+    i64,
+    Option<i64>,
+);
+
+fn tenant(t: TenantTuple) -> TenantRow {
+    TenantRow {
+        id: t.0,
+        name: t.1,
+        slug: t.2,
+        realm: t.3,
+        created_at: t.4,
+    }
+}
+
+fn api_key(t: ApiKeyTuple) -> ApiKeyRow {
+    ApiKeyRow {
+        id: t.0,
+        tenant_id: t.1,
+        name: t.2,
+        prefix: t.3,
+        secret_hash: t.4,
+        created_at: t.5,
+        revoked_at: t.6,
+    }
+}
+
+fn price(t: PriceTuple) -> PriceRow {
+    PriceRow {
+        id: t.0,
+        tenant_id: t.1,
+        version: t.2,
+        definition: t.3,
+        created_at: t.4,
+        updated_at: t.5,
+    }
+}
+
+fn payment(t: PaymentTuple) -> PaymentRow {
+    PaymentRow {
+        id: t.0,
+        tenant_id: t.1,
+        challenge_id: t.2,
+        proof_key: t.3,
+        state: t.4,
+        method: t.5,
+        amount: t.6,
+        currency: t.7,
+        price_id: t.8,
+        price_version: t.9,
+        payer_tenant_id: t.10,
+        reference: t.11,
+        created_at: t.12,
+        updated_at: t.13,
+    }
+}
+
+fn agent_token(t: AgentTokenTuple) -> AgentTokenRow {
+    AgentTokenRow {
+        id: t.0,
+        agent_id: t.1,
+        tenant_id: t.2,
+        max_amount: t.3,
+        max_currency: t.4,
+        expires_at: t.5,
+        created_at: t.6,
+        revoked_at: t.7,
+    }
+}
+
+const TENANT_COLUMNS: &str = "id, name, slug, realm, created_at";
+const API_KEY_COLUMNS: &str = "id, tenant_id, name, prefix, secret_hash, created_at, revoked_at";
+const PAYMENT_COLUMNS: &str = "id, tenant_id, challenge_id, proof_key, state, method, amount, \
+     currency, price_id, price_version, payer_tenant_id, reference, created_at, updated_at";
+
+/// Most rows one listing returns.
+pub const LIST_LIMIT_MAX: i64 = 1_000;
+
+impl Store {
+    /// True when the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        on_pool!(self, pool => { sqlx::query("SELECT 1").execute(pool).await?; });
+        Ok(())
+    }
+
+    /// The ids of an owner's ledger accounts in a book (at most [`LIST_LIMIT_MAX`]).
+    pub async fn account_ids_of_owner(
+        &self,
+        book: &str,
+        owner: &str,
+    ) -> Result<Vec<turnpike_ledger::AccountId>, StoreError> {
+        let rows: Vec<(String,)> = on_pool!(self, pool => sqlx::query_as(
+            "SELECT id FROM ledger_accounts WHERE tenant = $1 AND owner = $2 ORDER BY id LIMIT 1000")
+            .bind(book).bind(owner).fetch_all(pool).await?);
+        rows.into_iter()
+            .map(|(id,)| crate::rows::parse_account_id("ledger_accounts", &id))
+            .collect()
+    }
+
+    // ---- tenants, keys, secrets -------------------------------------------------------
+
+    /// Create a tenant with its first API key and binding secret, all or nothing.
+    pub async fn create_tenant(
+        &self,
+        tenant: &TenantRow,
+        key: &ApiKeyRow,
+        binding: &BindingSecretRow,
+    ) -> Result<Result<(), TenantConflict>, StoreError> {
+        let result: Result<(), sqlx::Error> = on_pool!(self, pool => async {
+            let mut tx = pool.begin().await?;
+            sqlx::query("INSERT INTO tenants (id, name, slug, realm, created_at) VALUES ($1, $2, $3, $4, $5)")
+                .bind(&tenant.id).bind(&tenant.name).bind(&tenant.slug).bind(&tenant.realm).bind(tenant.created_at)
+                .execute(&mut *tx).await?;
+            sqlx::query("INSERT INTO api_keys (id, tenant_id, name, prefix, secret_hash, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
+                .bind(&key.id).bind(&tenant.id).bind(&key.name).bind(&key.prefix).bind(&key.secret_hash).bind(key.created_at)
+                .execute(&mut *tx).await?;
+            sqlx::query("INSERT INTO binding_secrets (tenant_id, version, secret, created_at) VALUES ($1, $2, $3, $4)")
+                .bind(&tenant.id).bind(binding.version).bind(&binding.secret).bind(binding.created_at)
+                .execute(&mut *tx).await?;
+            tx.commit().await
+        }.await);
+        match result {
+            Ok(()) => Ok(Ok(())),
+            Err(err) if is_unique_violation(&err) => Ok(Err(TenantConflict::Slug)),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// A tenant by id.
+    pub async fn tenant(&self, id: &str) -> Result<Option<TenantRow>, StoreError> {
+        let sql = format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE id = $1");
+        let row: Option<TenantTuple> = on_pool!(self, pool =>
+            sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).bind(id).fetch_optional(pool).await?);
+        Ok(row.map(tenant))
+    }
+
+    /// A tenant by slug.
+    pub async fn tenant_by_slug(&self, slug: &str) -> Result<Option<TenantRow>, StoreError> {
+        let sql = format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE slug = $1");
+        let row: Option<TenantTuple> = on_pool!(self, pool =>
+            sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).bind(slug).fetch_optional(pool).await?);
+        Ok(row.map(tenant))
+    }
+
+    /// The unrevoked API key with this secret hash, and its tenant.
+    pub async fn api_key_by_hash(
+        &self,
+        secret_hash: &str,
+    ) -> Result<Option<(ApiKeyRow, TenantRow)>, StoreError> {
+        let sql = "SELECT k.id, k.tenant_id, k.name, k.prefix, k.secret_hash, k.created_at, \
+                   k.revoked_at, t.id, t.name, t.slug, t.realm, t.created_at \
+                   FROM api_keys k JOIN tenants t ON t.id = k.tenant_id \
+                   WHERE k.secret_hash = $1 AND k.revoked_at IS NULL";
+        type Row = (
+            String,
+            String,
+            String,
+            String,
+            String,
+            i64,
+            Option<i64>,
+            String,
+            String,
+            String,
+            String,
+            i64,
+        );
+        let row: Option<Row> = on_pool!(self, pool =>
+            sqlx::query_as(sql).bind(secret_hash).fetch_optional(pool).await?);
+        Ok(row.map(|r| {
+            (
+                api_key((r.0, r.1, r.2, r.3, r.4, r.5, r.6)),
+                tenant((r.7, r.8, r.9, r.10, r.11)),
+            )
+        }))
+    }
+
+    /// Add an API key to a tenant.
+    pub async fn insert_api_key(&self, key: &ApiKeyRow) -> Result<(), StoreError> {
+        on_pool!(self, pool => { sqlx::query(
+            "INSERT INTO api_keys (id, tenant_id, name, prefix, secret_hash, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
+            .bind(&key.id).bind(&key.tenant_id).bind(&key.name).bind(&key.prefix).bind(&key.secret_hash).bind(key.created_at)
+            .execute(pool).await?; });
+        Ok(())
+    }
+
+    /// A tenant's API keys, oldest first.
+    pub async fn api_keys(&self, tenant_id: &str) -> Result<Vec<ApiKeyRow>, StoreError> {
+        let sql = format!(
+            "SELECT {API_KEY_COLUMNS} FROM api_keys WHERE tenant_id = $1 ORDER BY created_at, id LIMIT {LIST_LIMIT_MAX}"
+        );
+        let rows: Vec<ApiKeyTuple> = on_pool!(self, pool =>
+            sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).bind(tenant_id).fetch_all(pool).await?);
+        Ok(rows.into_iter().map(api_key).collect())
+    }
+
+    /// Revoke a tenant's key (idempotent); `None` when the tenant has no such key.
+    pub async fn revoke_api_key(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        now_ms: i64,
+    ) -> Result<Option<ApiKeyRow>, StoreError> {
+        on_pool!(self, pool => { sqlx::query(
+            "UPDATE api_keys SET revoked_at = $3 WHERE tenant_id = $1 AND id = $2 AND revoked_at IS NULL")
+            .bind(tenant_id).bind(id).bind(now_ms).execute(pool).await?; });
+        let sql =
+            format!("SELECT {API_KEY_COLUMNS} FROM api_keys WHERE tenant_id = $1 AND id = $2");
+        let row: Option<ApiKeyTuple> = on_pool!(self, pool =>
+            sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).bind(tenant_id).bind(id).fetch_optional(pool).await?);
+        Ok(row.map(api_key))
+    }
+
+    /// A tenant's newest binding secrets, newest first (at most `limit`).
+    pub async fn binding_secrets(
+        &self,
+        tenant_id: &str,
+        limit: i64,
+    ) -> Result<Vec<BindingSecretRow>, StoreError> {
+        let rows: Vec<(i64, String, i64)> = on_pool!(self, pool => sqlx::query_as(
+            "SELECT version, secret, created_at FROM binding_secrets WHERE tenant_id = $1 ORDER BY version DESC LIMIT $2")
+            .bind(tenant_id).bind(limit).fetch_all(pool).await?);
+        Ok(rows
+            .into_iter()
+            .map(|(version, secret, created_at)| BindingSecretRow {
+                version,
+                secret,
+                created_at,
+            })
+            .collect())
+    }
+
+    /// Add a binding secret version; `false` when that version exists (a concurrent rotation).
+    pub async fn insert_binding_secret(
+        &self,
+        tenant_id: &str,
+        row: &BindingSecretRow,
+    ) -> Result<bool, StoreError> {
+        let result = on_pool!(self, pool => sqlx::query(
+            "INSERT INTO binding_secrets (tenant_id, version, secret, created_at) VALUES ($1, $2, $3, $4)")
+            .bind(tenant_id).bind(row.version).bind(&row.secret).bind(row.created_at)
+            .execute(pool).await.map(|_| ()));
+        match result {
+            Ok(()) => Ok(true),
+            Err(err) if is_unique_violation(&err) => Ok(false),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// The platform's signing keys (kid, PKCS#8 base64url), unretired, newest first.
+    pub async fn signing_keys(&self) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(on_pool!(self, pool => sqlx::query_as(
+            "SELECT kid, pkcs8 FROM signing_keys WHERE retired_at IS NULL ORDER BY created_at DESC, kid")
+            .fetch_all(pool).await?))
+    }
+
+    /// Store a signing key (idempotent on kid).
+    pub async fn insert_signing_key(
+        &self,
+        kid: &str,
+        pkcs8: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let result = on_pool!(self, pool => sqlx::query(
+            "INSERT INTO signing_keys (kid, pkcs8, created_at) VALUES ($1, $2, $3)")
+            .bind(kid).bind(pkcs8).bind(now_ms).execute(pool).await.map(|_| ()));
+        match result {
+            Ok(()) => Ok(()),
+            Err(err) if is_unique_violation(&err) => Ok(()),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    // ---- prices -------------------------------------------------------------------------
+
+    /// Create a price at version 1.
+    pub async fn insert_price(&self, row: &PriceRow) -> Result<(), StoreError> {
+        on_pool!(self, pool => async {
+            let mut tx = pool.begin().await?;
+            sqlx::query("INSERT INTO prices (id, tenant_id, version, created_at, updated_at) VALUES ($1, $2, $3, $4, $5)")
+                .bind(&row.id).bind(&row.tenant_id).bind(row.version).bind(row.created_at).bind(row.updated_at)
+                .execute(&mut *tx).await?;
+            sqlx::query("INSERT INTO price_versions (price_id, version, tenant_id, definition, created_at) VALUES ($1, $2, $3, $4, $5)")
+                .bind(&row.id).bind(row.version).bind(&row.tenant_id).bind(&row.definition).bind(row.updated_at)
+                .execute(&mut *tx).await?;
+            tx.commit().await
+        }.await)?;
+        Ok(())
+    }
+
+    /// A tenant's live prices (current versions), oldest first.
+    pub async fn prices(&self, tenant_id: &str) -> Result<Vec<PriceRow>, StoreError> {
+        let sql = format!(
+            "SELECT p.id, p.tenant_id, p.version, v.definition, p.created_at, p.updated_at \
+             FROM prices p JOIN price_versions v ON v.price_id = p.id AND v.version = p.version \
+             WHERE p.tenant_id = $1 AND p.deleted_at IS NULL ORDER BY p.created_at, p.id LIMIT {LIST_LIMIT_MAX}"
+        );
+        let rows: Vec<PriceTuple> = on_pool!(self, pool =>
+            sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).bind(tenant_id).fetch_all(pool).await?);
+        Ok(rows.into_iter().map(price).collect())
+    }
+
+    /// One live price of a tenant.
+    pub async fn price(&self, tenant_id: &str, id: &str) -> Result<Option<PriceRow>, StoreError> {
+        let rows: Option<PriceTuple> = on_pool!(self, pool => sqlx::query_as(
+            "SELECT p.id, p.tenant_id, p.version, v.definition, p.created_at, p.updated_at \
+             FROM prices p JOIN price_versions v ON v.price_id = p.id AND v.version = p.version \
+             WHERE p.tenant_id = $1 AND p.id = $2 AND p.deleted_at IS NULL")
+            .bind(tenant_id).bind(id).fetch_optional(pool).await?);
+        Ok(rows.map(price))
+    }
+
+    /// One version of a tenant's price (deleted or not): what a challenge was issued for.
+    pub async fn price_version(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        version: i64,
+    ) -> Result<Option<String>, StoreError> {
+        let row: Option<(String,)> = on_pool!(self, pool => sqlx::query_as(
+            "SELECT definition FROM price_versions WHERE tenant_id = $1 AND price_id = $2 AND version = $3")
+            .bind(tenant_id).bind(id).bind(version).fetch_optional(pool).await?);
+        Ok(row.map(|r| r.0))
+    }
+
+    /// Replace a price's definition if its version is still `from_version`; returns the new
+    /// row, or `None` when the price is gone or changed meanwhile.
+    pub async fn update_price(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        from_version: i64,
+        definition: &str,
+        now_ms: i64,
+    ) -> Result<Option<PriceRow>, StoreError> {
+        let to_version = from_version + 1;
+        let updated: bool = on_pool!(self, pool => async {
+            let mut tx = pool.begin().await?;
+            let done = sqlx::query("UPDATE prices SET version = $4, updated_at = $5 WHERE tenant_id = $1 AND id = $2 AND version = $3 AND deleted_at IS NULL")
+                .bind(tenant_id).bind(id).bind(from_version).bind(to_version).bind(now_ms)
+                .execute(&mut *tx).await?;
+            if done.rows_affected() != 1 {
+                return Ok::<bool, sqlx::Error>(false);
+            }
+            sqlx::query("INSERT INTO price_versions (price_id, version, tenant_id, definition, created_at) VALUES ($1, $2, $3, $4, $5)")
+                .bind(id).bind(to_version).bind(tenant_id).bind(definition).bind(now_ms)
+                .execute(&mut *tx).await?;
+            tx.commit().await?;
+            Ok(true)
+        }.await)?;
+        if !updated {
+            return Ok(None);
+        }
+        self.price(tenant_id, id).await
+    }
+
+    /// Delete a price (its versions stay for challenges already issued); `false` when the
+    /// tenant has no such live price.
+    pub async fn delete_price(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let done = on_pool!(self, pool => sqlx::query(
+            "UPDATE prices SET deleted_at = $3, updated_at = $3 WHERE tenant_id = $1 AND id = $2 AND deleted_at IS NULL")
+            .bind(tenant_id).bind(id).bind(now_ms).execute(pool).await?.rows_affected());
+        Ok(done == 1)
+    }
+
+    // ---- payments and idempotency -------------------------------------------------------
+
+    /// Claim a challenge id and a proof for a payment (state `claimed`). At most one claim per
+    /// (tenant, challenge id) and per proof ever succeeds, on every replica.
+    pub async fn claim_payment(&self, row: &PaymentRow) -> Result<Claim, StoreError> {
+        let sql = format!(
+            "INSERT INTO payments ({PAYMENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+        );
+        let result = on_pool!(self, pool => sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(&row.id).bind(&row.tenant_id).bind(&row.challenge_id).bind(&row.proof_key)
+            .bind(&row.state).bind(&row.method).bind(&row.amount).bind(&row.currency)
+            .bind(&row.price_id).bind(row.price_version).bind(&row.payer_tenant_id)
+            .bind(&row.reference).bind(row.created_at).bind(row.updated_at)
+            .execute(pool).await.map(|_| ()));
+        match result {
+            Ok(()) => Ok(Claim::Claimed),
+            Err(err) if is_unique_violation(&err) => {
+                let state: Option<(String,)> = on_pool!(self, pool => sqlx::query_as(
+                    "SELECT state FROM payments WHERE (tenant_id = $1 AND challenge_id = $2) OR proof_key = $3 LIMIT 1")
+                    .bind(&row.tenant_id).bind(&row.challenge_id).bind(&row.proof_key)
+                    .fetch_optional(pool).await?);
+                Ok(Claim::Taken(state.map(|s| s.0)))
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Move a claimed payment to `settled` with its rail reference.
+    pub async fn settle_payment(
+        &self,
+        id: &str,
+        reference: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let done = on_pool!(self, pool => sqlx::query(
+            "UPDATE payments SET state = 'settled', reference = $2, updated_at = $3 WHERE id = $1 AND state = 'claimed'")
+            .bind(id).bind(reference).bind(now_ms).execute(pool).await?.rows_affected());
+        Ok(done == 1)
+    }
+
+    /// Move a settled payment to `refunded`.
+    pub async fn refund_payment(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let done = on_pool!(self, pool => sqlx::query(
+            "UPDATE payments SET state = 'refunded', updated_at = $2 WHERE id = $1 AND state = 'settled'")
+            .bind(id).bind(now_ms).execute(pool).await?.rows_affected());
+        Ok(done == 1)
+    }
+
+    /// Release a claim whose settlement failed: the challenge may be paid again.
+    pub async fn release_claim(&self, id: &str) -> Result<(), StoreError> {
+        on_pool!(self, pool => { sqlx::query("DELETE FROM payments WHERE id = $1 AND state = 'claimed'")
+            .bind(id).execute(pool).await?; });
+        Ok(())
+    }
+
+    /// One of a tenant's payments.
+    pub async fn payment(
+        &self,
+        tenant_id: &str,
+        id: &str,
+    ) -> Result<Option<PaymentRow>, StoreError> {
+        let sql =
+            format!("SELECT {PAYMENT_COLUMNS} FROM payments WHERE tenant_id = $1 AND id = $2");
+        let row: Option<PaymentTuple> = on_pool!(self, pool =>
+            sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).bind(tenant_id).bind(id).fetch_optional(pool).await?);
+        Ok(row.map(payment))
+    }
+
+    /// A tenant's payments, newest first.
+    pub async fn payments(
+        &self,
+        tenant_id: &str,
+        limit: i64,
+    ) -> Result<Vec<PaymentRow>, StoreError> {
+        let sql = format!(
+            "SELECT {PAYMENT_COLUMNS} FROM payments WHERE tenant_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2"
+        );
+        let rows: Vec<PaymentTuple> = on_pool!(self, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(tenant_id).bind(limit.clamp(1, LIST_LIMIT_MAX)).fetch_all(pool).await?);
+        Ok(rows.into_iter().map(payment).collect())
+    }
+
+    /// Start a request under an idempotency key.
+    pub async fn idempotency_start(
+        &self,
+        tenant_id: &str,
+        key: &str,
+        request_hash: &str,
+        now_ms: i64,
+    ) -> Result<Idempotency, StoreError> {
+        let inserted = on_pool!(self, pool => sqlx::query(
+            "INSERT INTO idempotency_keys (tenant_id, key, request_hash, created_at) VALUES ($1, $2, $3, $4)")
+            .bind(tenant_id).bind(key).bind(request_hash).bind(now_ms).execute(pool).await.map(|_| ()));
+        match inserted {
+            Ok(()) => return Ok(Idempotency::Started),
+            Err(err) if is_unique_violation(&err) => {}
+            Err(err) => return Err(err.into()),
+        }
+        let row: Option<(String, Option<String>)> = on_pool!(self, pool => sqlx::query_as(
+            "SELECT request_hash, response FROM idempotency_keys WHERE tenant_id = $1 AND key = $2")
+            .bind(tenant_id).bind(key).fetch_optional(pool).await?);
+        Ok(match row {
+            // Abandoned between the insert and this read: treat as still running.
+            None => Idempotency::InProgress,
+            Some((hash, _)) if hash != request_hash => Idempotency::Mismatch,
+            Some((_, None)) => Idempotency::InProgress,
+            Some((_, Some(response))) => Idempotency::Done(response),
+        })
+    }
+
+    /// Record the response of a request started with [`Store::idempotency_start`].
+    pub async fn idempotency_finish(
+        &self,
+        tenant_id: &str,
+        key: &str,
+        response: &str,
+    ) -> Result<(), StoreError> {
+        on_pool!(self, pool => { sqlx::query(
+            "UPDATE idempotency_keys SET response = $3 WHERE tenant_id = $1 AND key = $2")
+            .bind(tenant_id).bind(key).bind(response).execute(pool).await?; });
+        Ok(())
+    }
+
+    /// Forget a started key whose request failed before deciding anything (it may be retried).
+    pub async fn idempotency_abandon(&self, tenant_id: &str, key: &str) -> Result<(), StoreError> {
+        on_pool!(self, pool => { sqlx::query(
+            "DELETE FROM idempotency_keys WHERE tenant_id = $1 AND key = $2 AND response IS NULL")
+            .bind(tenant_id).bind(key).execute(pool).await?; });
+        Ok(())
+    }
+
+    // ---- agents -------------------------------------------------------------------------
+
+    /// Create an agent.
+    pub async fn insert_agent(&self, row: &AgentRow) -> Result<(), StoreError> {
+        on_pool!(self, pool => { sqlx::query(
+            "INSERT INTO agents (id, tenant_id, name, created_at) VALUES ($1, $2, $3, $4)")
+            .bind(&row.id).bind(&row.tenant_id).bind(&row.name).bind(row.created_at).execute(pool).await?; });
+        Ok(())
+    }
+
+    /// A tenant's agents, oldest first.
+    pub async fn agents(&self, tenant_id: &str) -> Result<Vec<AgentRow>, StoreError> {
+        let sql = format!(
+            "SELECT id, tenant_id, name, created_at FROM agents WHERE tenant_id = $1 ORDER BY created_at, id LIMIT {LIST_LIMIT_MAX}"
+        );
+        let rows: Vec<(String, String, String, i64)> = on_pool!(self, pool =>
+            sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).bind(tenant_id).fetch_all(pool).await?);
+        Ok(rows
+            .into_iter()
+            .map(|r| AgentRow {
+                id: r.0,
+                tenant_id: r.1,
+                name: r.2,
+                created_at: r.3,
+            })
+            .collect())
+    }
+
+    /// One of a tenant's agents.
+    pub async fn agent(&self, tenant_id: &str, id: &str) -> Result<Option<AgentRow>, StoreError> {
+        let row: Option<(String, String, String, i64)> = on_pool!(self, pool => sqlx::query_as(
+            "SELECT id, tenant_id, name, created_at FROM agents WHERE tenant_id = $1 AND id = $2")
+            .bind(tenant_id).bind(id).fetch_optional(pool).await?);
+        Ok(row.map(|r| AgentRow {
+            id: r.0,
+            tenant_id: r.1,
+            name: r.2,
+            created_at: r.3,
+        }))
+    }
+
+    /// Record an issued agent token.
+    pub async fn insert_agent_token(&self, row: &AgentTokenRow) -> Result<(), StoreError> {
+        on_pool!(self, pool => { sqlx::query(
+            "INSERT INTO agent_tokens (id, agent_id, tenant_id, max_amount, max_currency, expires_at, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+            .bind(&row.id).bind(&row.agent_id).bind(&row.tenant_id).bind(&row.max_amount)
+            .bind(&row.max_currency).bind(row.expires_at).bind(row.created_at).execute(pool).await?; });
+        Ok(())
+    }
+
+    /// An agent token's row by id.
+    pub async fn agent_token(&self, id: &str) -> Result<Option<AgentTokenRow>, StoreError> {
+        let row: Option<AgentTokenTuple> = on_pool!(self, pool => sqlx::query_as(
+            "SELECT id, agent_id, tenant_id, max_amount, max_currency, expires_at, created_at, revoked_at FROM agent_tokens WHERE id = $1")
+            .bind(id).fetch_optional(pool).await?);
+        Ok(row.map(agent_token))
+    }
+
+    /// Revoke one of an agent's tokens (idempotent); `None` when there is no such token.
+    pub async fn revoke_agent_token(
+        &self,
+        tenant_id: &str,
+        agent_id: &str,
+        id: &str,
+        now_ms: i64,
+    ) -> Result<Option<AgentTokenRow>, StoreError> {
+        on_pool!(self, pool => { sqlx::query(
+            "UPDATE agent_tokens SET revoked_at = $4 WHERE tenant_id = $1 AND agent_id = $2 AND id = $3 AND revoked_at IS NULL")
+            .bind(tenant_id).bind(agent_id).bind(id).bind(now_ms).execute(pool).await?; });
+        let row = self.agent_token(id).await?;
+        Ok(row.filter(|r| r.tenant_id == tenant_id && r.agent_id == agent_id))
+    }
+}
