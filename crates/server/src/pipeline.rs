@@ -149,16 +149,33 @@ fn no_matching_price(method: &str) -> ApiError {
     )
 }
 
-/// The opaque a challenge carries: which tenant, price and version it was issued for.
+/// The opaque a challenge carries: which tenant, price and version it was issued for, and a
+/// nonce.
 fn opaque(tenant: &TenantRow, price: &PriceRef) -> Result<String, ApiError> {
     let mut map = Map::new();
+    // A fresh nonce: two 402s for one price in the same second must be different challenges,
+    // each single-use on its own.
+    map.insert(
+        "nonce".into(),
+        Value::String(b64::encode(ids::random_bytes::<12>())),
+    );
     map.insert("price".into(), Value::String(price.id.clone()));
     map.insert("tenant".into(), Value::String(tenant.id.clone()));
     map.insert("version".into(), Value::String(price.version.to_string()));
+    // Without it, two challenges for one route in the same second would share their id.
+    map.insert(
+        "nonce".into(),
+        Value::String(b64::encode(ids::random_bytes::<16>())),
+    );
     jcs::to_b64(&map).map_err(|_| ApiError::internal())
 }
 
 fn format_expires(at_ms: i64) -> String {
+    // Whole seconds, rounded up: a challenge never lives less than its price's TTL.
+    let at_ms = at_ms
+        .saturating_add(999)
+        .div_euclid(1000)
+        .saturating_mul(1000);
     chrono::DateTime::from_timestamp_millis(at_ms)
         .unwrap_or_default()
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)

@@ -168,7 +168,7 @@ fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
-fn rand_tag() -> u64 {
+pub(crate) fn rand_tag() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(
@@ -209,7 +209,7 @@ pub struct TempDir {
 }
 
 impl TempDir {
-    fn new() -> anyhow::Result<Self> {
+    pub(crate) fn new() -> anyhow::Result<Self> {
         let path = std::env::temp_dir().join(format!(
             "turnpike-bench-{}-{:x}",
             std::process::id(),

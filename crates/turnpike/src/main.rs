@@ -5,10 +5,13 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bench_verify;
 mod conformance;
 mod db;
 mod decode;
+mod demo;
 mod ledger;
+mod pay;
 mod serve;
 
 /// Turnpike: a hosted control plane for the Machine Payments Protocol (HTTP 402).
@@ -45,6 +48,10 @@ enum Command {
         #[command(subcommand)]
         command: LedgerCommand,
     },
+    /// Request a URL, paying its 402 with an agent token (curl for agents).
+    Pay(pay::PayArgs),
+    /// Run a complete local demo: server, merchant, payer, agent and one paid request.
+    Demo(demo::DemoArgs),
     /// Load generators that measure Turnpike on this machine.
     Bench {
         #[command(subcommand)]
@@ -80,6 +87,11 @@ enum LedgerCommand {
 enum BenchCommand {
     /// Transfers per second and latency of the posting engine on a real database.
     Ledger(bench::LedgerBenchArgs),
+    /// Paid verifications and challenges per second of a real server over real HTTP.
+    Verify(bench_verify::VerifyBenchArgs),
+    /// The load generator `bench verify` runs as a separate process.
+    #[command(hide = true)]
+    VerifyLoad(bench_verify::LoadArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -106,6 +118,7 @@ fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 
@@ -126,6 +139,8 @@ fn main() -> ExitCode {
             command: MppCommand::Decode { value },
         } => decode::run(value),
         Command::ConformanceAdapter => conformance::run(),
+        Command::Pay(args) => block_on(pay::run(args)),
+        Command::Demo(args) => block_on(demo::run(args)),
         Command::Migrate { db } => block_on(ledger::migrate(db)),
         Command::Ledger {
             command: LedgerCommand::Check { db },
@@ -133,6 +148,12 @@ fn main() -> ExitCode {
         Command::Bench {
             command: BenchCommand::Ledger(args),
         } => block_on(bench::run(args)),
+        Command::Bench {
+            command: BenchCommand::Verify(args),
+        } => block_on(bench_verify::run(args)),
+        Command::Bench {
+            command: BenchCommand::VerifyLoad(args),
+        } => block_on(bench_verify::load(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -348,10 +348,22 @@ async fn reserve_and_grant(state: &AppState, agent: &AgentAuth, p: Payable) -> A
                 ),
             ));
         }
+        // A retry for the same challenge: only the timeout (relative to now) differs.
         Err(TransferError::ExistsWithDifferentFields) => {
-            return Err(ApiError::conflict(
-                "this challenge was already paid with different terms",
-            ));
+            match state.store.transfer(reservation).await? {
+                Some(t)
+                    if (t.debit_account_id, t.credit_account_id) == (balance, revenue)
+                        && (t.amount, t.code) == (p.amount, codes::RESERVE)
+                        && t.currency == p.currency =>
+                {
+                    t
+                }
+                _ => {
+                    return Err(ApiError::conflict(
+                        "this challenge was already paid with different terms",
+                    ));
+                }
+            }
         }
         Err(err) => {
             tracing::error!(error = %err, "reservation refused by the ledger");

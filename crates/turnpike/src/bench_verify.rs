@@ -1,0 +1,508 @@
+//! `turnpike bench verify`: the merchant core's speed over real HTTP between processes.
+//!
+//! The command starts `turnpike serve` as a child process on the chosen database, sets up a
+//! merchant with a price, a funded payer organisation and an agent token through the API, then
+//! starts a separate load-generating process (`turnpike bench verify-load`, hidden) that runs
+//! `concurrency` clients for `duration_s` seconds. Each iteration is one full payment cycle:
+//! `POST /v1/challenges` (the merchant asks for the 402), `POST /v1/agent/pay` (the agent turns
+//! it into a credential, reserving the amount), `POST /v1/verify` (the merchant verifies and
+//! settles). A second phase measures `POST /v1/challenges` alone. Finally the ledger is checked.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use serde_json::{Value, json};
+
+use crate::bench::{Backend, TempDir, rand_tag};
+
+/// Options of `turnpike bench verify`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct VerifyBenchArgs {
+    /// Database the server runs on.
+    #[arg(long, value_enum)]
+    pub backend: Backend,
+    /// PostgreSQL URL (required with `--backend postgres`).
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: u32,
+    /// Seconds of each measured phase.
+    #[arg(long, default_value_t = 10)]
+    pub duration_s: u64,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Options of the load-generating process.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoadArgs {
+    /// Turnpike's URL.
+    #[arg(long)]
+    pub api: String,
+    /// What each iteration does.
+    #[arg(long, value_enum)]
+    pub mode: LoadMode,
+    /// Concurrent clients.
+    #[arg(long)]
+    pub concurrency: u32,
+    /// Seconds to run.
+    #[arg(long)]
+    pub duration_s: u64,
+    /// Request path the price matches.
+    #[arg(long, default_value = "/bench/item")]
+    pub path: String,
+}
+
+/// What the load generator repeats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LoadMode {
+    /// challenge, agent pay, verify.
+    Cycle,
+    /// challenge only.
+    Challenges,
+}
+
+/// Most concurrent clients.
+pub const CONCURRENCY_MAX: u32 = 1_024;
+/// Longest phase.
+pub const DURATION_S_MAX: u64 = 3_600;
+/// How long the server may take to start.
+const SERVER_START_TIMEOUT: Duration = Duration::from_secs(60);
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server(
+    args: &VerifyBenchArgs,
+    dir: &TempDir,
+    admin_token: &str,
+) -> anyhow::Result<Server> {
+    let exe = std::env::current_exe().context("locating the turnpike binary")?;
+    let mut command = Command::new(exe);
+    command
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--platform-fee-bps",
+            "100",
+        ])
+        .arg("--data-dir")
+        .arg(&dir.path)
+        .env("TURNPIKE_ADMIN_TOKEN", admin_token)
+        .env("RUST_LOG", "warn")
+        .env_remove("DATABASE_URL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if args.backend == Backend::Postgres {
+        let url = args
+            .database_url
+            .as_deref()
+            .context("--backend postgres needs --database-url (or DATABASE_URL)")?;
+        command.arg("--database-url").arg(url);
+    }
+    let mut child = command.spawn().context("starting turnpike serve")?;
+    let stderr = child.stderr.take().context("server stderr")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if !sent && let Some(rest) = line.strip_prefix("turnpike listening on ") {
+                let url = rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                let _ = tx.send(url);
+                sent = true;
+            } else if sent {
+                eprintln!("server: {line}");
+            }
+        }
+    });
+    let url = rx
+        .recv_timeout(SERVER_START_TIMEOUT)
+        .context("turnpike serve did not start")?;
+    Ok(Server { child, url })
+}
+
+async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    bearer: &str,
+    body: Value,
+) -> anyhow::Result<Value> {
+    let response = client
+        .post(url)
+        .bearer_auth(bearer)
+        .json(&body)
+        .send()
+        .await
+        .with_context(|| format!("POST {url}"))?;
+    let status = response.status();
+    let body: Value = response
+        .json()
+        .await
+        .with_context(|| format!("POST {url}: body"))?;
+    ensure!(
+        status.is_success(),
+        "POST {url}: {status}: {}",
+        body["detail"]
+    );
+    Ok(body)
+}
+
+/// The merchant key and agent token of a fresh setup.
+struct Setup {
+    merchant_key: String,
+    agent_token: String,
+}
+
+async fn setup(api: &str, admin_token: &str) -> anyhow::Result<Setup> {
+    let client = reqwest::Client::new();
+    let tag = format!("{:x}", rand_tag());
+    let merchant = post(
+        &client,
+        &format!("{api}/v1/admin/tenants"),
+        admin_token,
+        json!({"name": "bench merchant", "slug": format!("bench-m-{tag}")}),
+    )
+    .await?;
+    let payer = post(
+        &client,
+        &format!("{api}/v1/admin/tenants"),
+        admin_token,
+        json!({"name": "bench payer", "slug": format!("bench-p-{tag}")}),
+    )
+    .await?;
+    let merchant_key = merchant["apiKey"]["secret"]
+        .as_str()
+        .context("merchant key")?
+        .to_owned();
+    let payer_key = payer["apiKey"]["secret"]
+        .as_str()
+        .context("payer key")?
+        .to_owned();
+    let payer_id = payer["tenant"]["id"].as_str().context("payer id")?;
+    post(
+        &client,
+        &format!("{api}/v1/admin/tenants/{payer_id}/credit"),
+        admin_token,
+        json!({"amount": "1000000000000000", "currency": "usd"}),
+    )
+    .await?;
+    post(&client, &format!("{api}/v1/prices"), &merchant_key,
+        json!({"route": {"method": "GET", "path": "/bench/{item}"}, "amount": "1", "currency": "usd"})).await?;
+    let agent = post(
+        &client,
+        &format!("{api}/v1/agents"),
+        &payer_key,
+        json!({"name": "bench agent"}),
+    )
+    .await?;
+    let agent_id = agent["id"].as_str().context("agent id")?;
+    let token = post(
+        &client,
+        &format!("{api}/v1/agents/{agent_id}/tokens"),
+        &payer_key,
+        json!({}),
+    )
+    .await?;
+    let agent_token = token["token"].as_str().context("agent token")?.to_owned();
+    Ok(Setup {
+        merchant_key,
+        agent_token,
+    })
+}
+
+fn run_load(
+    api: &str,
+    setup: &Setup,
+    mode: LoadMode,
+    args: &VerifyBenchArgs,
+) -> anyhow::Result<Value> {
+    let exe = std::env::current_exe().context("locating the turnpike binary")?;
+    let mode = match mode {
+        LoadMode::Cycle => "cycle",
+        LoadMode::Challenges => "challenges",
+    };
+    let output = Command::new(exe)
+        .args(["bench", "verify-load", "--api", api, "--mode", mode])
+        .args(["--concurrency", &args.concurrency.to_string()])
+        .args(["--duration-s", &args.duration_s.to_string()])
+        .env("TURNPIKE_BENCH_MERCHANT_KEY", &setup.merchant_key)
+        .env("TURNPIKE_BENCH_AGENT_TOKEN", &setup.agent_token)
+        .stderr(Stdio::inherit())
+        .output()
+        .context("starting the load generator")?;
+    ensure!(output.status.success(), "the load generator failed");
+    serde_json::from_slice(&output.stdout).context("reading the load generator's figures")
+}
+
+/// `turnpike bench verify`.
+pub async fn run(args: VerifyBenchArgs) -> anyhow::Result<()> {
+    ensure!(
+        (1..=CONCURRENCY_MAX).contains(&args.concurrency),
+        "--concurrency must be 1 to {CONCURRENCY_MAX}"
+    );
+    ensure!(
+        (1..=DURATION_S_MAX).contains(&args.duration_s),
+        "--duration-s must be 1 to {DURATION_S_MAX}"
+    );
+    let dir = TempDir::new()?;
+    let admin_token = format!("bench-admin-{:x}{:x}", rand_tag(), rand_tag());
+    let server = start_server(&args, &dir, &admin_token)?;
+    let api = server.url.clone();
+    let setup = setup(&api, &admin_token).await?;
+    let cycle = run_load(&api, &setup, LoadMode::Cycle, &args)?;
+    let challenges = run_load(&api, &setup, LoadMode::Challenges, &args)?;
+    drop(server);
+    let check = match args.backend {
+        Backend::Sqlite => {
+            turnpike_store::Store::open_sqlite(dir.path.join(crate::db::SQLITE_FILE)).await?
+        }
+        Backend::Postgres => {
+            turnpike_store::Store::open_postgres(args.database_url.as_deref().unwrap_or_default())
+                .await?
+        }
+    }
+    .check()
+    .await?;
+    let backend = match args.backend {
+        Backend::Sqlite => "sqlite",
+        Backend::Postgres => "postgres",
+    };
+    if args.json {
+        println!(
+            "{}",
+            json!({
+                "backend": backend, "concurrency": args.concurrency, "durationS": args.duration_s,
+                "cycle": cycle, "challenges": challenges, "ledgerCheckOk": check.is_ok(),
+            })
+        );
+    } else {
+        println!(
+            "bench verify on {backend}, {} concurrent clients, {} s per phase",
+            args.concurrency, args.duration_s
+        );
+        println!(
+            "full cycles (challenge + agent pay + verify): {} paid in {} s = {} paid verifications/s, {} errors",
+            cycle["ok"], cycle["elapsedS"], cycle["perSecond"], cycle["errors"]
+        );
+        for step in ["challenge", "pay", "verify", "cycle"] {
+            let s = &cycle["latencyMs"][step];
+            println!(
+                "  {step:<9} latency p50 {} ms, p99 {} ms, max {} ms",
+                s["p50"], s["p99"], s["max"]
+            );
+        }
+        println!(
+            "challenges only: {} in {} s = {} challenges/s, p50 {} ms, p99 {} ms, {} errors",
+            challenges["ok"],
+            challenges["elapsedS"],
+            challenges["perSecond"],
+            challenges["latencyMs"]["challenge"]["p50"],
+            challenges["latencyMs"]["challenge"]["p99"],
+            challenges["errors"]
+        );
+        println!(
+            "ledger check: {}",
+            if check.is_ok() { "ok" } else { "FAILED" }
+        );
+    }
+    if !check.is_ok() {
+        bail!("the ledger check failed after the run:\n{check}");
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct Samples {
+    challenge: Vec<u32>,
+    pay: Vec<u32>,
+    verify: Vec<u32>,
+    cycle: Vec<u32>,
+    ok: u64,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+fn micros(since: Instant) -> u32 {
+    u32::try_from(since.elapsed().as_micros()).unwrap_or(u32::MAX)
+}
+
+async fn call(
+    client: &reqwest::Client,
+    url: &str,
+    bearer: &str,
+    body: &Value,
+) -> Result<Value, String> {
+    let response = client
+        .post(url)
+        .bearer_auth(bearer)
+        .json(body)
+        .send()
+        .await
+        .map_err(|e| format!("{}", e.without_url()))?;
+    let status = response.status();
+    let body: Value = response
+        .json()
+        .await
+        .map_err(|_| format!("{url}: {status}: no JSON body"))?;
+    if status.is_success() {
+        Ok(body)
+    } else {
+        Err(format!("{url}: {status}: {}", body["detail"]))
+    }
+}
+
+async fn one_cycle(
+    client: &reqwest::Client,
+    args: &LoadArgs,
+    key: &str,
+    token: &str,
+    s: &mut Samples,
+) -> Result<(), String> {
+    let start = Instant::now();
+    let facts = json!({"method": "GET", "path": args.path});
+    let decision = call(client, &format!("{}/v1/challenges", args.api), key, &facts).await?;
+    s.challenge.push(micros(start));
+    if args.mode == LoadMode::Challenges {
+        return Ok(());
+    }
+    let challenges: Vec<&str> = decision["headers"]
+        .as_array()
+        .map(|h| {
+            h.iter()
+                .filter(|p| p[0] == "WWW-Authenticate")
+                .filter_map(|p| p[1].as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    let t = Instant::now();
+    let paid = call(
+        client,
+        &format!("{}/v1/agent/pay", args.api),
+        token,
+        &json!({"challenges": challenges}),
+    )
+    .await?;
+    s.pay.push(micros(t));
+    let t = Instant::now();
+    let body = json!({"authorization": paid["authorization"], "method": "GET", "path": args.path});
+    let verdict = call(client, &format!("{}/v1/verify", args.api), key, &body).await?;
+    s.verify.push(micros(t));
+    if verdict["decision"] != "paid" {
+        return Err(format!(
+            "verify decided {} ({})",
+            verdict["decision"], verdict["body"]["detail"]
+        ));
+    }
+    s.cycle.push(micros(start));
+    Ok(())
+}
+
+fn summary(mut v: Vec<u32>) -> Value {
+    if v.is_empty() {
+        return json!(null);
+    }
+    v.sort_unstable();
+    let at = |q: f64| {
+        let i = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1;
+        (f64::from(v[i]) / 10.0).round() / 100.0
+    };
+    json!({"p50": at(0.50), "p99": at(0.99), "max": at(1.0), "count": v.len()})
+}
+
+/// `turnpike bench verify-load`: the load-generating process; prints one JSON object.
+pub async fn load(args: LoadArgs) -> anyhow::Result<()> {
+    let key = std::env::var("TURNPIKE_BENCH_MERCHANT_KEY")
+        .context("TURNPIKE_BENCH_MERCHANT_KEY is not set")?;
+    let token = std::env::var("TURNPIKE_BENCH_AGENT_TOKEN")
+        .context("TURNPIKE_BENCH_AGENT_TOKEN is not set")?;
+    ensure!(
+        (1..=CONCURRENCY_MAX).contains(&args.concurrency),
+        "--concurrency must be 1 to {CONCURRENCY_MAX}"
+    );
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency as usize)
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    // Warm up: one cycle, so connection set-up is not measured.
+    let mut warm = Samples::default();
+    one_cycle(&client, &args, &key, &token, &mut warm)
+        .await
+        .map_err(|e| anyhow::anyhow!("warm-up failed: {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(args.duration_s);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.concurrency {
+        let (client, args, key, token) = (client.clone(), args.clone(), key.clone(), token.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut s = Samples::default();
+            while Instant::now() < deadline {
+                match one_cycle(&client, &args, &key, &token, &mut s).await {
+                    Ok(()) => s.ok += 1,
+                    Err(e) => {
+                        s.errors += 1;
+                        s.first_error.get_or_insert(e);
+                    }
+                }
+            }
+            s
+        }));
+    }
+    let mut all = Samples::default();
+    for task in tasks {
+        let s = task.await?;
+        all.challenge.extend(s.challenge);
+        all.pay.extend(s.pay);
+        all.verify.extend(s.verify);
+        all.cycle.extend(s.cycle);
+        all.ok += s.ok;
+        all.errors += s.errors;
+        if all.first_error.is_none() {
+            all.first_error = s.first_error;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    if let Some(e) = &all.first_error {
+        eprintln!("load: first error: {e}");
+    }
+    println!(
+        "{}",
+        json!({
+            "ok": all.ok, "errors": all.errors,
+            "elapsedS": (elapsed * 100.0).round() / 100.0,
+            "perSecond": (all.ok as f64 / elapsed).round(),
+            "latencyMs": {
+                "challenge": summary(all.challenge), "pay": summary(all.pay),
+                "verify": summary(all.verify), "cycle": summary(all.cycle),
+            },
+        })
+    );
+    Ok(())
+}
