@@ -85,11 +85,20 @@ impl FromRequestParts<AppState> for TenantAuth {
             ));
         }
         let hash = ids::hash_secret(token);
+        if let Some((tenant, key_id)) = state.caches.api_keys.get(&hash) {
+            return Ok(Self { tenant, key_id });
+        }
         match state.store.api_key_by_hash(&hash).await? {
-            Some((key, tenant)) => Ok(Self {
-                tenant,
-                key_id: key.id,
-            }),
+            Some((key, tenant)) => {
+                state
+                    .caches
+                    .api_keys
+                    .insert(hash, (tenant.clone(), key.id.clone()));
+                Ok(Self {
+                    tenant,
+                    key_id: key.id,
+                })
+            }
             None => Err(ApiError::unauthorized("unknown or revoked API key")),
         }
     }

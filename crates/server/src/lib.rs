@@ -3,6 +3,7 @@
 //! (agents, tokens, `/v1/agent/pay`), and the gateway. See `docs/api.md`.
 
 pub mod auth;
+pub mod cache;
 pub mod catalog;
 pub mod decision;
 pub mod error;

@@ -2,6 +2,8 @@
 //! decision (parse, tenant binding, expiry, body digest, price and route, offline method
 //! check, single-use claim, settlement, receipt). Nothing is written for an unpaid request.
 
+use std::sync::Arc;
+
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use turnpike_protocol::challenge::ChallengeParams;
@@ -77,12 +79,32 @@ pub struct PriceRef {
 }
 
 /// The tenant's binding secrets: the current one issues, all listed verify.
-struct Secrets {
+#[derive(Debug)]
+pub struct Secrets {
     current: BindingSecret,
     verifying: Vec<BindingSecret>,
 }
 
-async fn secrets(state: &AppState, tenant_id: &str) -> Result<Secrets, ApiError> {
+impl Secrets {
+    /// True when `id` binds `input` under one of the secrets.
+    pub fn verify(&self, input: &turnpike_protocol::binding::BindingInput<'_>, id: &str) -> bool {
+        // Every secret is tried, so the time taken does not tell which one matched.
+        self.verifying
+            .iter()
+            .fold(false, |found, secret| secret.verify(input, id) | found)
+    }
+}
+
+/// A tenant's binding secrets, through the cache (`fresh` skips it: after a rotation on
+/// another replica, a challenge may be bound under a secret this replica has not seen yet).
+pub async fn secrets(
+    state: &AppState,
+    tenant_id: &str,
+    fresh: bool,
+) -> Result<Arc<Secrets>, ApiError> {
+    if !fresh && let Some(secrets) = state.caches.secrets.get(&tenant_id.to_owned()) {
+        return Ok(secrets);
+    }
     let rows = state
         .store
         .binding_secrets(tenant_id, BINDING_SECRETS_READ_MAX)
@@ -109,7 +131,36 @@ async fn secrets(state: &AppState, tenant_id: &str) -> Result<Secrets, ApiError>
         tracing::error!(tenant = tenant_id, "tenant has no usable binding secret");
         ApiError::internal()
     })?;
-    Ok(Secrets { current, verifying })
+    let secrets = Arc::new(Secrets { current, verifying });
+    state
+        .caches
+        .secrets
+        .insert(tenant_id.to_owned(), secrets.clone());
+    Ok(secrets)
+}
+
+/// A tenant's live prices, parsed, through the cache.
+async fn prices(state: &AppState, tenant_id: &str) -> Result<Arc<Vec<PriceRef>>, ApiError> {
+    if let Some(prices) = state.caches.prices.get(&tenant_id.to_owned()) {
+        return Ok(prices);
+    }
+    let mut out = Vec::new();
+    for row in state.store.prices(tenant_id).await? {
+        match serde_json::from_str::<PriceDefinition>(&row.definition) {
+            Ok(definition) => out.push(PriceRef {
+                id: row.id,
+                version: row.version,
+                definition,
+            }),
+            Err(_) => tracing::error!(price = %row.id, "stored price definition does not parse"),
+        }
+    }
+    let prices = Arc::new(out);
+    state
+        .caches
+        .prices
+        .insert(tenant_id.to_owned(), prices.clone());
+    Ok(prices)
 }
 
 /// The tenant's most specific live price for a request.
@@ -119,26 +170,16 @@ pub async fn find_price(
     method: &str,
     path: &str,
 ) -> Result<Option<PriceRef>, ApiError> {
-    let mut best: Option<(Vec<u8>, PriceRef)> = None;
-    for row in state.store.prices(&tenant.id).await? {
-        let Ok(definition) = serde_json::from_str::<PriceDefinition>(&row.definition) else {
-            tracing::error!(price = %row.id, "stored price definition does not parse");
-            continue;
-        };
-        if let Some(key) = match_route(&definition.route, method, path)
+    let prices = prices(state, &tenant.id).await?;
+    let mut best: Option<(Vec<u8>, &PriceRef)> = None;
+    for price in prices.iter() {
+        if let Some(key) = match_route(&price.definition.route, method, path)
             && best.as_ref().is_none_or(|(k, _)| key > *k)
         {
-            best = Some((
-                key,
-                PriceRef {
-                    id: row.id,
-                    version: row.version,
-                    definition,
-                },
-            ));
+            best = Some((key, price));
         }
     }
-    Ok(best.map(|(_, price)| price))
+    Ok(best.map(|(_, price)| price.clone()))
 }
 
 fn no_matching_price(method: &str) -> ApiError {
@@ -162,11 +203,6 @@ fn opaque(tenant: &TenantRow, price: &PriceRef) -> Result<String, ApiError> {
     map.insert("price".into(), Value::String(price.id.clone()));
     map.insert("tenant".into(), Value::String(tenant.id.clone()));
     map.insert("version".into(), Value::String(price.version.to_string()));
-    // Without it, two challenges for one route in the same second would share their id.
-    map.insert(
-        "nonce".into(),
-        Value::String(b64::encode(ids::random_bytes::<16>())),
-    );
     jcs::to_b64(&map).map_err(|_| ApiError::internal())
 }
 
@@ -255,7 +291,7 @@ pub async fn challenge(
     let price = find_price(state, tenant, &facts.method, &facts.path)
         .await?
         .ok_or_else(|| no_matching_price(&facts.method))?;
-    let secrets = secrets(state, &tenant.id).await?;
+    let secrets = secrets(state, &tenant.id, false).await?;
     fresh_402(
         state,
         &secrets,
@@ -375,7 +411,7 @@ async fn verify_once(
     facts: &RequestFacts,
     digest: Option<&ContentDigest>,
 ) -> Result<Decision, ApiError> {
-    let secrets = secrets(state, &tenant.id).await?;
+    let secrets = secrets(state, &tenant.id, false).await?;
     let credential = match find_payment_credential(authorization.iter().map(String::as_str)) {
         Ok(Some(credential)) => credential,
         Ok(None) => {
@@ -469,7 +505,13 @@ async fn check_credential(
     let echo = &credential.challenge;
     // The binding first: nothing echoed is trusted before it.
     let input = echo.binding_input();
-    if echo.realm != tenant.realm || !secrets.verifying.iter().any(|s| s.verify(&input, &echo.id)) {
+    let bound = echo.realm == tenant.realm
+        && (secrets.verify(&input, &echo.id)
+            // Bound under a secret rotated in on another replica since this one cached them?
+            || crate::pipeline::secrets(state, &tenant.id, true)
+                .await?
+                .verify(&input, &echo.id));
+    if !bound {
         return Ok(Err(retry(
             ProblemType::InvalidChallenge,
             "the challenge was not issued by this merchant or was altered",
@@ -582,6 +624,10 @@ async fn price_of_challenge(
     if tenant_id != tenant.id {
         return Ok(None);
     }
+    let key = (tenant.id.clone(), price_id.to_owned(), version);
+    if let Some(price) = state.caches.price_versions.get(&key) {
+        return Ok(Some(price));
+    }
     let Some(definition) = state
         .store
         .price_version(&tenant.id, price_id, version)
@@ -592,11 +638,13 @@ async fn price_of_challenge(
     let Ok(definition) = serde_json::from_str::<PriceDefinition>(&definition) else {
         return Ok(None);
     };
-    Ok(Some(PriceRef {
+    let price = PriceRef {
         id: price_id.to_owned(),
         version,
         definition,
-    }))
+    };
+    state.caches.price_versions.insert(key, price.clone());
+    Ok(Some(price))
 }
 
 async fn settle(

@@ -9,7 +9,10 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use turnpike_ledger::{AccountFlags, AccountId, AccountKind, Engine, NewAccount};
 use turnpike_policy::{KeyRing, SigningKey};
-use turnpike_store::Store;
+use turnpike_store::{Store, TenantRow};
+
+use crate::cache::TtlCache;
+use crate::pipeline::{PriceRef, Secrets};
 
 use crate::error::ApiError;
 use crate::ids;
@@ -61,8 +64,46 @@ pub struct Inner {
     pub config: Config,
     /// HTTP client for gateway upstreams.
     pub http: reqwest::Client,
+    /// Read-mostly rows, cached per replica.
+    pub caches: Caches,
     keys: RwLock<KeyRing>,
     accounts_known: Mutex<HashSet<u128>>,
+}
+
+/// How long a replica trusts a cached API key, tenant, price list or binding secret list. A
+/// change made through this replica applies at once; other replicas see it within this time.
+pub const CACHE_TTL: Duration = Duration::from_secs(2);
+/// Most entries per cache.
+pub const CACHE_ENTRIES_MAX: usize = 10_000;
+
+/// The per-replica caches.
+#[derive(Debug)]
+pub struct Caches {
+    /// API key hash -> (tenant, key id).
+    pub api_keys: TtlCache<String, (TenantRow, String)>,
+    /// Tenant id -> binding secrets.
+    pub secrets: TtlCache<String, Arc<Secrets>>,
+    /// Tenant id -> live prices.
+    pub prices: TtlCache<String, Arc<Vec<PriceRef>>>,
+    /// (tenant, price, version) -> that version (immutable, so kept as long as room allows).
+    pub price_versions: TtlCache<(String, String, i64), PriceRef>,
+    /// Tenant id -> tenant.
+    pub tenants: TtlCache<String, TenantRow>,
+    /// Tenant slug -> tenant.
+    pub slugs: TtlCache<String, TenantRow>,
+}
+
+impl Caches {
+    fn new() -> Self {
+        Self {
+            api_keys: TtlCache::new(CACHE_TTL, CACHE_ENTRIES_MAX),
+            secrets: TtlCache::new(CACHE_TTL, CACHE_ENTRIES_MAX),
+            prices: TtlCache::new(CACHE_TTL, CACHE_ENTRIES_MAX),
+            price_versions: TtlCache::new(Duration::from_secs(3_600), CACHE_ENTRIES_MAX),
+            tenants: TtlCache::new(CACHE_TTL, CACHE_ENTRIES_MAX),
+            slugs: TtlCache::new(CACHE_TTL, CACHE_ENTRIES_MAX),
+        }
+    }
 }
 
 impl std::ops::Deref for AppState {
@@ -85,6 +126,7 @@ impl AppState {
             engine,
             config,
             http,
+            caches: Caches::new(),
             keys: RwLock::new(keys),
             accounts_known: Mutex::new(HashSet::new()),
         })))
@@ -111,6 +153,30 @@ impl AppState {
             Err(poisoned) => *poisoned.into_inner() = keys.clone(),
         }
         Ok(keys)
+    }
+
+    /// A tenant by id, through the cache.
+    pub async fn tenant(&self, id: &str) -> Result<Option<TenantRow>, ApiError> {
+        if let Some(tenant) = self.caches.tenants.get(&id.to_owned()) {
+            return Ok(Some(tenant));
+        }
+        let tenant = self.store.tenant(id).await?;
+        if let Some(t) = &tenant {
+            self.caches.tenants.insert(id.to_owned(), t.clone());
+        }
+        Ok(tenant)
+    }
+
+    /// A tenant by slug, through the cache.
+    pub async fn tenant_by_slug(&self, slug: &str) -> Result<Option<TenantRow>, ApiError> {
+        if let Some(tenant) = self.caches.slugs.get(&slug.to_owned()) {
+            return Ok(Some(tenant));
+        }
+        let tenant = self.store.tenant_by_slug(slug).await?;
+        if let Some(t) = &tenant {
+            self.caches.slugs.insert(slug.to_owned(), t.clone());
+        }
+        Ok(tenant)
     }
 
     /// Now, in unix ms (the ledger engine's clock).

@@ -10,9 +10,7 @@ use serde_json::{Value, json};
 use turnpike_ledger::{AccountKind, TransferError, TransferId, TransferRequest};
 use turnpike_policy::{AgentTokenClaims, GrantClaims, Money};
 use turnpike_protocol::charge::parse_amount_minor;
-use turnpike_protocol::{
-    BindingSecret, Challenge, ChallengeEcho, Credential, b64, parse_challenges_from_lines,
-};
+use turnpike_protocol::{Challenge, ChallengeEcho, Credential, parse_challenges_from_lines};
 use turnpike_store::{AgentRow, AgentTokenRow};
 
 use super::{Json, rfc3339};
@@ -208,7 +206,6 @@ async fn payable(state: &AppState, challenge: Challenge) -> Result<Payable, Stri
         return Err("the challenge has expired".into());
     }
     let tenant = state
-        .store
         .tenant(&recipient)
         .await
         .map_err(|_| "the database failed".to_owned())?
@@ -216,18 +213,17 @@ async fn payable(state: &AppState, challenge: Challenge) -> Result<Payable, Stri
     if challenge.realm != tenant.realm {
         return Err("the challenge's realm is not the recipient's".into());
     }
-    let secrets = state
-        .store
-        .binding_secrets(&tenant.id, 8)
-        .await
-        .map_err(|_| "the database failed".to_owned())?;
     let input = challenge.binding_input();
-    let bound = secrets.iter().any(|row| {
-        b64::decode(&row.secret)
-            .ok()
-            .and_then(|bytes| BindingSecret::new(&bytes).ok())
-            .is_some_and(|secret| secret.verify(&input, &challenge.id))
-    });
+    let mut bound = false;
+    for fresh in [false, true] {
+        let secrets = crate::pipeline::secrets(state, &tenant.id, fresh)
+            .await
+            .map_err(|_| "the database failed".to_owned())?;
+        bound = secrets.verify(&input, &challenge.id);
+        if bound {
+            break;
+        }
+    }
     if !bound {
         return Err("the challenge was not issued by the recipient (binding check failed)".into());
     }
@@ -336,8 +332,8 @@ async fn reserve_and_grant(state: &AppState, agent: &AgentAuth, p: Payable) -> A
             tracing::error!(error = %err, "ledger failed while reserving");
             ApiError::unavailable("the ledger failed; nothing was reserved")
         })?;
-    let reserved = match result {
-        Ok(posted) => posted.transfer,
+    let (reserved, created) = match result {
+        Ok(posted) => (posted.transfer, posted.created),
         Err(TransferError::ExceedsCredits) => {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
@@ -356,7 +352,7 @@ async fn reserve_and_grant(state: &AppState, agent: &AgentAuth, p: Payable) -> A
                         && (t.amount, t.code) == (p.amount, codes::RESERVE)
                         && t.currency == p.currency =>
                 {
-                    t
+                    (t, false)
                 }
                 _ => {
                     return Err(ApiError::conflict(
@@ -373,7 +369,8 @@ async fn reserve_and_grant(state: &AppState, agent: &AgentAuth, p: Payable) -> A
         }
     };
     // A retry after the reservation was spent or released must not hand out a dead grant.
-    if let Some(pending) = state.store.pending_state(reservation).await?
+    if !created
+        && let Some(pending) = state.store.pending_state(reservation).await?
         && pending != turnpike_ledger::PendingState::Pending
     {
         return Err(ApiError::conflict(format!(

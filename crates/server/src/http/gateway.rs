@@ -81,7 +81,6 @@ async fn handle(
     request: Request,
 ) -> ApiResult<Response> {
     let tenant = state
-        .store
         .tenant_by_slug(&slug)
         .await?
         .ok_or_else(|| ApiError::not_found("gateway"))?;

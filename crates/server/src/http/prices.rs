@@ -56,6 +56,7 @@ async fn create(
         updated_at: now_ms,
     };
     state.store.insert_price(&row).await?;
+    state.caches.prices.remove(&auth.tenant.id);
     Ok((StatusCode::CREATED, axum::Json(price_json(&row)?)))
 }
 
@@ -100,6 +101,7 @@ async fn update(
         .ok_or_else(|| {
             ApiError::conflict("the price changed meanwhile; read it again and retry")
         })?;
+    state.caches.prices.remove(&auth.tenant.id);
     Ok(axum::Json(price_json(&row)?))
 }
 
@@ -113,6 +115,7 @@ async fn remove(
         .delete_price(&auth.tenant.id, &id, state.now_ms())
         .await?
     {
+        state.caches.prices.remove(&auth.tenant.id);
         Ok(axum::Json(json!({"id": id, "deleted": true})))
     } else {
         Err(ApiError::not_found("price"))

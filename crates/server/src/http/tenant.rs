@@ -105,6 +105,7 @@ async fn revoke_key(
         .revoke_api_key(&auth.tenant.id, &id, state.now_ms())
         .await?
         .ok_or_else(|| ApiError::not_found("API key"))?;
+    state.caches.api_keys.remove_where(|(_, id)| *id == key.id);
     Ok(axum::Json(key_json(&key)))
 }
 
