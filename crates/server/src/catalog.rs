@@ -151,9 +151,7 @@ impl PriceDefinition {
                 ));
             }
         }
-        if !is_valid_currency(&self.currency)
-            || self.currency.bytes().any(|b| b.is_ascii_uppercase())
-        {
+        if !is_currency_code(&self.currency) {
             return Err(ApiError::invalid(
                 "`currency` must be a lowercase currency code, e.g. \"usd\"",
             ));
@@ -213,6 +211,11 @@ impl PriceDefinition {
     pub fn amount_minor(&self) -> u128 {
         parse_amount_minor(&self.amount).unwrap_or(0)
     }
+}
+
+/// A currency as Turnpike takes it: a valid ledger currency, lowercase (`usd`).
+pub fn is_currency_code(currency: &str) -> bool {
+    is_valid_currency(currency) && !currency.bytes().any(|b| b.is_ascii_uppercase())
 }
 
 fn validate_route(route: &Route) -> Result<(), ApiError> {

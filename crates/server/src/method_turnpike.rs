@@ -145,9 +145,36 @@ pub enum SettleError {
     Api(ApiError),
 }
 
-/// The transfer that posts a reservation (derived: retries are idempotent).
+// The ids of this method's transfers are derived, so retries are idempotent and a payment's
+// transfers can be found again from the payment alone.
+
+/// The reservation a payer makes for one challenge.
+pub fn reservation_id(payer_tenant_id: &str, challenge_id: &str) -> TransferId {
+    TransferId(ids::derived_u128(&[
+        "reserve",
+        payer_tenant_id,
+        challenge_id,
+    ]))
+}
+
+/// The transfer that posts a reservation.
 pub fn post_id(reservation: TransferId) -> TransferId {
     TransferId(ids::derived_u128(&["post", &reservation.to_string()]))
+}
+
+/// The platform fee taken when a grant is settled.
+pub fn fee_id(grant_id: &str) -> TransferId {
+    TransferId(ids::derived_u128(&["fee", grant_id]))
+}
+
+/// The refund of a payment to its payer.
+pub fn refund_id(payment_id: &str) -> TransferId {
+    TransferId(ids::derived_u128(&["refund", payment_id]))
+}
+
+/// The platform fee returned to the merchant on a refund.
+pub fn fee_refund_id(payment_id: &str) -> TransferId {
+    TransferId(ids::derived_u128(&["fee-refund", payment_id]))
 }
 
 /// Post the reservation to the merchant's revenue and move the platform fee, all or nothing.
@@ -174,7 +201,7 @@ pub async fn settle(
             .await
             .map_err(SettleError::Api)?;
         transfers.push(TransferRequest::Transfer {
-            id: TransferId(ids::derived_u128(&["fee", &grant.grant_id])),
+            id: fee_id(&grant.grant_id),
             debit_account_id: revenue,
             credit_account_id: fees,
             amount: fee,

@@ -48,7 +48,7 @@ pub async fn create_tenant(
     input: NewTenant,
 ) -> ApiResult<(TenantRow, ApiKeyRow, String)> {
     let name = input.name.trim();
-    if name.is_empty() || name.len() > 200 || name.chars().any(char::is_control) {
+    if !super::is_display_name(name) {
         return Err(ApiError::invalid(
             "`name` must be 1 to 200 characters without control characters",
         ));
@@ -142,9 +142,7 @@ async fn credit(
         .ok_or_else(|| {
             ApiError::invalid("`amount` must be a string of minor units greater than zero")
         })?;
-    if !turnpike_ledger::model::is_valid_currency(&input.currency)
-        || input.currency.bytes().any(|b| b.is_ascii_uppercase())
-    {
+    if !crate::catalog::is_currency_code(&input.currency) {
         return Err(ApiError::invalid(
             "`currency` must be a lowercase currency code, e.g. \"usd\"",
         ));

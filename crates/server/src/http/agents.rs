@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use axum::routing::{delete, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use turnpike_ledger::{AccountKind, TransferError, TransferId, TransferRequest};
+use turnpike_ledger::{AccountKind, TransferError, TransferRequest};
 use turnpike_policy::{AgentTokenClaims, GrantClaims, Money};
 use turnpike_protocol::charge::parse_amount_minor;
 use turnpike_protocol::{Challenge, ChallengeEcho, Credential, parse_challenges_from_lines};
@@ -17,7 +17,7 @@ use super::{Json, rfc3339};
 use crate::auth::{AgentAuth, TenantAuth};
 use crate::error::{ApiError, ApiResult};
 use crate::ids;
-use crate::method_turnpike::{RESERVATION_GRACE_MS, codes};
+use crate::method_turnpike::{RESERVATION_GRACE_MS, codes, reservation_id};
 use crate::state::AppState;
 
 /// Longest agent token lifetime (one year).
@@ -52,7 +52,7 @@ async fn create(
     Json(input): Json<NewAgent>,
 ) -> ApiResult<(StatusCode, axum::Json<Value>)> {
     let name = input.name.trim();
-    if name.is_empty() || name.len() > 200 || name.chars().any(char::is_control) {
+    if !super::is_display_name(name) {
         return Err(ApiError::invalid(
             "`name` must be 1 to 200 characters without control characters",
         ));
@@ -103,8 +103,7 @@ async fn create_token(
     }
     if let Some(max) = &input.max_per_payment {
         let amount_ok = parse_amount_minor(&max.amount).is_some();
-        let currency_ok = turnpike_ledger::model::is_valid_currency(&max.currency)
-            && !max.currency.bytes().any(|b| b.is_ascii_uppercase());
+        let currency_ok = crate::catalog::is_currency_code(&max.currency);
         if !amount_ok || !currency_ok {
             return Err(ApiError::invalid(
                 "`maxPerPayment` must be {\"amount\": minor units as a string, \"currency\": lowercase code}",
@@ -310,7 +309,7 @@ async fn reserve_and_grant(state: &AppState, agent: &AgentAuth, p: Payable) -> A
         .account(&p.recipient, AccountKind::MerchantRevenue, &p.currency)
         .await?;
     // One reservation per (payer, challenge): asking again returns the same grant.
-    let reservation = TransferId(ids::derived_u128(&["reserve", &payer, &p.challenge.id]));
+    let reservation = reservation_id(&payer, &p.challenge.id);
     let grant_expires_ms = p.expires_at_ms.saturating_add(RESERVATION_GRACE_MS);
     let timeout_ms = u64::try_from(grant_expires_ms - state.now_ms())
         .unwrap_or(1)

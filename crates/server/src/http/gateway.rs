@@ -8,14 +8,13 @@ use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
-use turnpike_ledger::{AccountKind, TransferId, TransferRequest};
+use turnpike_ledger::{AccountKind, TransferRequest};
 use turnpike_protocol::ContentDigest;
 use turnpike_store::TenantRow;
 
 use crate::decision::{Decision, DecisionKind};
 use crate::error::{ApiError, ApiResult};
-use crate::ids;
-use crate::method_turnpike::{codes, fee_minor};
+use crate::method_turnpike::{codes, fee_minor, fee_refund_id, refund_id};
 use crate::pipeline::{self, PriceRef, RequestFacts};
 use crate::state::{AppState, PLATFORM_OWNER};
 
@@ -289,7 +288,7 @@ async fn refund(
             .account(PLATFORM_OWNER, AccountKind::PlatformFees, currency)
             .await?;
         transfers.push(TransferRequest::Transfer {
-            id: TransferId(ids::derived_u128(&["fee-refund", payment_id])),
+            id: fee_refund_id(payment_id),
             debit_account_id: fees,
             credit_account_id: revenue,
             amount: fee,
@@ -300,7 +299,7 @@ async fn refund(
         });
     }
     transfers.push(TransferRequest::Transfer {
-        id: TransferId(ids::derived_u128(&["refund", payment_id])),
+        id: refund_id(payment_id),
         debit_account_id: revenue,
         credit_account_id: balance,
         amount,

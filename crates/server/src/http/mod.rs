@@ -54,6 +54,14 @@ where
     }
 }
 
+/// Longest display name (tenants, agents, keys).
+pub const NAME_LEN_MAX: usize = 200;
+
+/// A display name: 1 to [`NAME_LEN_MAX`] bytes without control characters.
+pub fn is_display_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= NAME_LEN_MAX && !name.chars().any(char::is_control)
+}
+
 /// Format unix ms as RFC 3339.
 pub fn rfc3339(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)

@@ -15,8 +15,7 @@ use super::{Json, rfc3339};
 use crate::auth::TenantAuth;
 use crate::decision::Decision;
 use crate::error::{ApiError, ApiResult};
-use crate::ids;
-use crate::method_turnpike::post_id;
+use crate::method_turnpike::{fee_id, fee_refund_id, post_id, refund_id};
 use crate::pipeline::{self, RequestFacts};
 use crate::state::AppState;
 
@@ -99,9 +98,9 @@ async fn payment_transfers(state: &AppState, payment: &PaymentRow) -> ApiResult<
     let candidates = [
         reservation,
         post_id(reservation),
-        TransferId(ids::derived_u128(&["fee", grant])),
-        TransferId(ids::derived_u128(&["refund", &payment.id])),
-        TransferId(ids::derived_u128(&["fee-refund", &payment.id])),
+        fee_id(grant),
+        refund_id(&payment.id),
+        fee_refund_id(&payment.id),
     ];
     let mut out = Vec::new();
     for id in candidates {
