@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::model::{TransferError, TransferId, TransferRequest, TransferResult};
-use crate::rules::{Command, CommandResult};
+use crate::rules::{Command, CommandResult, Guard, NoGuard};
 
 /// Why a backend could not apply a batch.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -28,15 +28,17 @@ pub enum BackendError {
     Storage(String),
 }
 
-/// A store that applies a batch of commands in one transaction: load the rows
-/// ([`crate::rules::BatchKeys`]), run [`crate::rules::apply_batch`], write the outcome, commit.
-pub trait LedgerBackend: Send + Sync + 'static {
+/// A store that applies a batch of commands in one transaction: check and record the guards of
+/// guarded commands, load the rows ([`crate::rules::BatchKeys`]), run
+/// [`crate::rules::apply_batch`], write the outcome, drop the records of guarded commands whose
+/// transfers failed, commit.
+pub trait LedgerBackend<G: Guard = NoGuard>: Send + Sync + 'static {
     /// Apply `commands` atomically at `now_ms` and return one result per command.
     fn execute(
         &self,
-        commands: &[Command],
+        commands: &[Command<G>],
         now_ms: i64,
-    ) -> impl Future<Output = Result<Vec<CommandResult>, BackendError>> + Send;
+    ) -> impl Future<Output = Result<Vec<CommandResult<G>>, BackendError>> + Send;
 }
 
 /// The ledger's notion of now, injectable so tests move time without sleeping.
@@ -142,27 +144,35 @@ pub enum EngineError {
 /// Most transfers in one linked batch.
 pub const LINKED_LEN_MAX: usize = 64;
 
-struct Job {
-    command: Command,
-    reply: oneshot::Sender<Result<CommandResult, EngineError>>,
+struct Job<G: Guard> {
+    command: Command<G>,
+    reply: oneshot::Sender<Result<CommandResult<G>, EngineError>>,
 }
 
 /// A cheap, cloneable handle to submit work to the engine.
-#[derive(Clone)]
-pub struct Engine {
-    queue: mpsc::Sender<Job>,
+pub struct Engine<G: Guard = NoGuard> {
+    queue: mpsc::Sender<Job<G>>,
     clock: Arc<dyn Clock>,
 }
 
-impl std::fmt::Debug for Engine {
+impl<G: Guard> Clone for Engine<G> {
+    fn clone(&self) -> Self {
+        Self {
+            queue: self.queue.clone(),
+            clock: self.clock.clone(),
+        }
+    }
+}
+
+impl<G: Guard> std::fmt::Debug for Engine<G> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine").finish_non_exhaustive()
     }
 }
 
-impl Engine {
+impl<G: Guard> Engine<G> {
     /// Start the writer task on the current Tokio runtime. It stops when every handle is dropped.
-    pub fn start<B: LedgerBackend>(backend: Arc<B>, config: EngineConfig) -> Self {
+    pub fn start<B: LedgerBackend<G>>(backend: Arc<B>, config: EngineConfig) -> Self {
         assert!(config.batch_max >= 1, "batch_max must be at least 1");
         let (queue, rx) = mpsc::channel(config.queue_max.max(1));
         let clock = config.clock.clone();
@@ -180,7 +190,7 @@ impl Engine {
         self.clock.now_ms()
     }
 
-    async fn submit(&self, command: Command) -> Result<CommandResult, EngineError> {
+    async fn submit(&self, command: Command<G>) -> Result<CommandResult<G>, EngineError> {
         let (reply, rx) = oneshot::channel();
         self.queue
             .send(Job { command, reply })
@@ -208,7 +218,27 @@ impl Engine {
         }
         match self.submit(Command::Linked(requests)).await? {
             CommandResult::Linked(results) => Ok(results),
-            CommandResult::Expired(_) => unreachable!("a linked command has a linked result"),
+            CommandResult::Expired(_) | CommandResult::Refused(_) => {
+                unreachable!("a linked command has a linked result")
+            }
+        }
+    }
+
+    /// Apply transfers all or nothing under `guard`, in one transaction with the guard's record:
+    /// `Err(refusal)` when the backend refused the guard (nothing applied), otherwise one result
+    /// per transfer as [`Engine::linked`] (the guard's record is kept only if all succeeded).
+    pub async fn guarded(
+        &self,
+        guard: G,
+        requests: Vec<TransferRequest>,
+    ) -> Result<Result<Vec<TransferResult>, G::Refusal>, EngineError> {
+        if requests.is_empty() || requests.len() > LINKED_LEN_MAX {
+            return Err(EngineError::BadBatchLength);
+        }
+        match self.submit(Command::Guarded(guard, requests)).await? {
+            CommandResult::Linked(results) => Ok(Ok(results)),
+            CommandResult::Refused(refusal) => Ok(Err(refusal)),
+            CommandResult::Expired(_) => unreachable!("a guarded command has a linked result"),
         }
     }
 
@@ -216,17 +246,19 @@ impl Engine {
     pub async fn expire(&self, ids: Vec<TransferId>) -> Result<Vec<TransferId>, EngineError> {
         match self.submit(Command::Expire(ids)).await? {
             CommandResult::Expired(ids) => Ok(ids),
-            CommandResult::Linked(_) => unreachable!("an expire command has an expire result"),
+            CommandResult::Linked(_) | CommandResult::Refused(_) => {
+                unreachable!("an expire command has an expire result")
+            }
         }
     }
 }
 
-async fn writer<B: LedgerBackend>(
+async fn writer<G: Guard, B: LedgerBackend<G>>(
     backend: Arc<B>,
     config: EngineConfig,
-    mut rx: mpsc::Receiver<Job>,
+    mut rx: mpsc::Receiver<Job<G>>,
 ) {
-    let mut jobs: Vec<Job> = Vec::with_capacity(config.batch_max);
+    let mut jobs: Vec<Job<G>> = Vec::with_capacity(config.batch_max);
     while let Some(first) = rx.recv().await {
         jobs.push(first);
         while jobs.len() < config.batch_max {
@@ -244,7 +276,7 @@ async fn writer<B: LedgerBackend>(
                 }
             }
         }
-        let (commands, replies): (Vec<Command>, Vec<_>) =
+        let (commands, replies): (Vec<Command<G>>, Vec<_>) =
             jobs.drain(..).map(|j| (j.command, j.reply)).unzip();
         let outcome = execute_with_retries(&*backend, &config, &commands).await;
         match outcome {
@@ -268,11 +300,11 @@ async fn writer<B: LedgerBackend>(
     }
 }
 
-async fn execute_with_retries<B: LedgerBackend>(
+async fn execute_with_retries<G: Guard, B: LedgerBackend<G>>(
     backend: &B,
     config: &EngineConfig,
-    commands: &[Command],
-) -> Result<Vec<CommandResult>, BackendError> {
+    commands: &[Command<G>],
+) -> Result<Vec<CommandResult<G>>, BackendError> {
     let mut attempt = 0;
     loop {
         attempt += 1;

@@ -20,4 +20,6 @@ pub use model::{
     Account, AccountFlags, AccountId, AccountKind, NewAccount, PendingState, Posted, Transfer,
     TransferError, TransferId, TransferKind, TransferRequest, TransferResult,
 };
-pub use rules::{BatchKeys, BatchOutcome, Command, CommandResult, Snapshot, apply_batch};
+pub use rules::{
+    BatchKeys, BatchOutcome, Command, CommandResult, Guard, NoGuard, Snapshot, apply_batch,
+};

@@ -92,7 +92,7 @@ impl LedgerBackend for MemoryLedger {
                 snapshot.pending.insert(id, *p);
             }
         }
-        let outcome = apply_batch(&mut snapshot, commands, now_ms);
+        let outcome = apply_batch(&mut snapshot, commands, &[], now_ms);
         for t in outcome.new_transfers {
             let previous = state.transfers.insert(t.id, t);
             assert!(previous.is_none(), "a transfer is written once");

@@ -13,22 +13,51 @@ use crate::model::{
     TransferRequest, TransferResult, USER_DATA_LEN_MAX, is_valid_currency,
 };
 
+/// A condition a backend checks, and a record it writes, in the same transaction as a guarded
+/// command's transfers: either the record and the transfers are both written, or neither
+/// (e.g. a payment row whose challenge and proof may be used only once). The ledger only
+/// carries guards; what they mean is the backend's.
+pub trait Guard: std::fmt::Debug + Clone + PartialEq + Eq + Send + Sync + 'static {
+    /// Why the backend refused a guard (its command's transfers were then not applied).
+    type Refusal: std::fmt::Debug + Clone + PartialEq + Eq + Send + Sync + 'static;
+}
+
+/// No guards: the guard type of backends that support none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoGuard {}
+
+impl Guard for NoGuard {
+    type Refusal = std::convert::Infallible;
+}
+
 /// One unit of work for the posting engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Command {
+pub enum Command<G: Guard = NoGuard> {
     /// Transfers applied all or nothing (a single transfer is a batch of one).
     Linked(Vec<TransferRequest>),
     /// Expire these pending transfers if they are still pending and due.
     Expire(Vec<TransferId>),
+    /// Transfers applied all or nothing, and only if the backend accepts the guard; the guard's
+    /// record is kept only if the transfers are applied.
+    Guarded(G, Vec<TransferRequest>),
 }
 
 /// The result of one command.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CommandResult {
-    /// One result per transfer of a [`Command::Linked`].
+pub enum CommandResult<G: Guard = NoGuard> {
+    /// One result per transfer of a [`Command::Linked`] or an accepted [`Command::Guarded`].
     Linked(Vec<TransferResult>),
     /// The pending transfers that expired.
     Expired(Vec<TransferId>),
+    /// The backend refused the guard of a [`Command::Guarded`]: nothing was applied.
+    Refused(G::Refusal),
+}
+
+impl<G: Guard> CommandResult<G> {
+    /// True for a linked result whose transfers were all applied.
+    pub fn applied(&self) -> bool {
+        matches!(self, Self::Linked(results) if results.iter().all(Result::is_ok))
+    }
 }
 
 /// What a backend must load before applying a batch.
@@ -42,11 +71,11 @@ pub struct BatchKeys {
 
 impl BatchKeys {
     /// The keys of a batch.
-    pub fn of(commands: &[Command]) -> Self {
+    pub fn of<G: Guard>(commands: &[Command<G>]) -> Self {
         let mut keys = Self::default();
         for command in commands {
             match command {
-                Command::Linked(requests) => {
+                Command::Linked(requests) | Command::Guarded(_, requests) => {
                     for request in requests {
                         keys.transfer_ids.insert(request.id());
                         keys.transfer_ids.extend(request.pending_id());
@@ -100,10 +129,10 @@ impl Snapshot {
 }
 
 /// What a backend writes after [`apply_batch`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct BatchOutcome {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchOutcome<G: Guard = NoGuard> {
     /// One result per command, in order.
-    pub results: Vec<CommandResult>,
+    pub results: Vec<CommandResult<G>>,
     /// Transfers to insert.
     pub new_transfers: Vec<Transfer>,
     /// Final totals of every account the batch changed.
@@ -494,7 +523,24 @@ fn check_limits(debit: &Account, credit: &Account) -> Result<(), TransferError> 
 }
 
 /// Apply `commands` in order to `snapshot` at time `now_ms` and return what to write.
-pub fn apply_batch(snapshot: &mut Snapshot, commands: &[Command], now_ms: i64) -> BatchOutcome {
+///
+/// `refused` holds, for each command, the refusal of its guard if the backend refused it (the
+/// command then applies nothing and results in [`CommandResult::Refused`]); it is either empty
+/// (no refusals) or as long as `commands`.
+///
+/// # Panics
+///
+/// When `refused` is neither empty nor as long as `commands`, or a ledger invariant breaks.
+pub fn apply_batch<G: Guard>(
+    snapshot: &mut Snapshot,
+    commands: &[Command<G>],
+    refused: &[Option<G::Refusal>],
+    now_ms: i64,
+) -> BatchOutcome<G> {
+    assert!(
+        refused.is_empty() || refused.len() == commands.len(),
+        "one refusal slot per command"
+    );
     let mut batch = Batch {
         snap: snapshot,
         now_ms,
@@ -504,10 +550,15 @@ pub fn apply_batch(snapshot: &mut Snapshot, commands: &[Command], now_ms: i64) -
         journal: Journal::default(),
     };
     let mut results = Vec::with_capacity(commands.len());
-    for command in commands {
+    for (i, command) in commands.iter().enumerate() {
         batch.begin();
         let result = match command {
-            Command::Linked(requests) => CommandResult::Linked(apply_linked(&mut batch, requests)),
+            Command::Guarded(..) if refused.get(i).is_some_and(Option::is_some) => {
+                CommandResult::Refused(refused[i].clone().expect("checked to be a refusal"))
+            }
+            Command::Linked(requests) | Command::Guarded(_, requests) => {
+                CommandResult::Linked(apply_linked(&mut batch, requests))
+            }
             Command::Expire(ids) => {
                 CommandResult::Expired(ids.iter().copied().filter(|id| batch.expire(*id)).collect())
             }

@@ -3,7 +3,10 @@
 use std::fmt;
 use std::sync::Arc;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
+use ed25519_dalek::{Signer as _, Verifier as _};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -37,7 +40,11 @@ pub struct SigningKey {
     kid: String,
     /// The raw 32-byte public key.
     public_key: [u8; 32],
-    /// The PKCS#8 DER of the private key (zeroized on drop by jsonwebtoken).
+    /// The private key, expanded once (ed25519-dalek zeroizes it on drop): signs grants, one
+    /// per payment. jsonwebtoken re-derives the key from PKCS#8 on every signature, twice the
+    /// cost of the signature itself (measured: 42 µs against 19 µs).
+    key: ed25519_dalek::SigningKey,
+    /// The same key as PKCS#8 for jsonwebtoken (zeroized on drop): signs agent tokens.
     encoding: EncodingKey,
 }
 
@@ -82,7 +89,12 @@ impl SigningKey {
 
     /// The PKCS#8 DER encoding of the private key, for storage (this is the secret).
     pub fn to_pkcs8_der(&self) -> Vec<u8> {
-        self.encoding.as_bytes().to_vec()
+        // Invariant: encoding a valid in-memory Ed25519 key as PKCS#8 cannot fail.
+        self.key
+            .to_pkcs8_der()
+            .expect("an Ed25519 key encodes as PKCS#8")
+            .as_bytes()
+            .to_vec()
     }
 
     /// The key id: first 16 hex characters of SHA-256 of the raw public key.
@@ -108,6 +120,7 @@ impl SigningKey {
         Ok(Self {
             kid: kid_of(&public_key),
             public_key,
+            key: key.clone(),
             encoding: EncodingKey::from_ed_der(der.as_bytes()),
         })
     }
@@ -127,7 +140,9 @@ fn kid_of(public_key: &[u8; 32]) -> String {
 struct Verifier {
     /// Its key id.
     kid: String,
-    /// jsonwebtoken's key holding the raw 32-byte public key.
+    /// The public key, decompressed once (not per verification): verifies grants.
+    key: ed25519_dalek::VerifyingKey,
+    /// jsonwebtoken's key holding the raw 32-byte public key: verifies agent tokens.
     decoding: DecodingKey,
 }
 
@@ -164,6 +179,18 @@ impl fmt::Debug for KeyRing {
             .field("kids", &kids)
             .finish()
     }
+}
+
+/// Which implementation signs and verifies a kind of token. Both are Ed25519 over the same
+/// keys, so either verifies the other's signatures.
+#[derive(Debug, Clone, Copy)]
+enum Crypto {
+    /// jsonwebtoken: agent tokens (signed when minted, verified once per token and minute
+    /// thanks to the server's cache).
+    Jwt,
+    /// ed25519-dalek with keys parsed once: payment grants, signed on every `/v1/agent/pay`
+    /// and verified on every `/v1/verify` (42 → 19 µs per signature, 68 → 45 µs per check).
+    Dalek,
 }
 
 /// Claims that carry a validity window.
@@ -203,6 +230,7 @@ impl KeyRing {
             }
             verifiers.push(Verifier {
                 kid: key.kid.clone(),
+                key: key.key.verifying_key(),
                 decoding: DecodingKey::from_ed_der(&key.public_key),
             });
             jwk_list.push(key.public_jwk());
@@ -232,7 +260,7 @@ impl KeyRing {
 
     /// Signs an agent token: compact JWS, header `alg: EdDSA`, `kid`, `typ: tp-agent+jwt`.
     pub fn sign_agent_token(&self, claims: &AgentTokenClaims) -> String {
-        self.sign(&self.inner.agent_header_b64, claims)
+        self.sign(&self.inner.agent_header_b64, claims, Crypto::Jwt)
     }
 
     /// Verifies an agent token at `now_s` (unix seconds) and returns its claims.
@@ -241,35 +269,45 @@ impl KeyRing {
         token: &str,
         now_s: i64,
     ) -> Result<AgentTokenClaims, TokenError> {
-        self.verify(token, AGENT_TOKEN_TYP, now_s)
+        self.verify(token, AGENT_TOKEN_TYP, now_s, Crypto::Jwt)
     }
 
     /// Signs a payment grant: compact JWS, header `alg: EdDSA`, `kid`, `typ: tp-grant+jwt`.
     pub fn sign_grant(&self, claims: &GrantClaims) -> String {
-        self.sign(&self.inner.grant_header_b64, claims)
+        self.sign(&self.inner.grant_header_b64, claims, Crypto::Dalek)
     }
 
     /// Verifies a payment grant at `now_s` (unix seconds) and returns its claims.
     pub fn verify_grant(&self, token: &str, now_s: i64) -> Result<GrantClaims, TokenError> {
-        self.verify(token, GRANT_TYP, now_s)
+        self.verify(token, GRANT_TYP, now_s, Crypto::Dalek)
     }
 
-    fn sign<T: Serialize>(&self, header_b64: &str, claims: &T) -> String {
+    fn sign<T: Serialize>(&self, header_b64: &str, claims: &T, crypto: Crypto) -> String {
         let payload_b64 = jws::encode_claims(claims);
         let mut token = String::with_capacity(header_b64.len() + payload_b64.len() + 90);
         token.push_str(header_b64);
         token.push('.');
         token.push_str(&payload_b64);
-        // Invariant: the EncodingKey is PKCS#8 DER produced by ed25519-dalek from a valid key,
-        // and Ed25519 signing itself cannot fail.
-        let signature = jsonwebtoken::crypto::sign(
-            token.as_bytes(),
-            &self.inner.current.encoding,
-            Algorithm::EdDSA,
-        )
-        .expect("signing with a validated Ed25519 key cannot fail");
-        token.push('.');
-        token.push_str(&signature);
+        let current = &self.inner.current;
+        match crypto {
+            Crypto::Jwt => {
+                // Invariant: the EncodingKey is PKCS#8 DER produced by ed25519-dalek from a
+                // valid key, and Ed25519 signing itself cannot fail.
+                let signature = jsonwebtoken::crypto::sign(
+                    token.as_bytes(),
+                    &current.encoding,
+                    Algorithm::EdDSA,
+                )
+                .expect("signing with a validated Ed25519 key cannot fail");
+                token.push('.');
+                token.push_str(&signature);
+            }
+            Crypto::Dalek => {
+                let signature = current.key.sign(token.as_bytes());
+                token.push('.');
+                URL_SAFE_NO_PAD.encode_string(signature.to_bytes(), &mut token);
+            }
+        }
         token
     }
 
@@ -278,6 +316,7 @@ impl KeyRing {
         token: &str,
         typ: &str,
         now_s: i64,
+        crypto: Crypto,
     ) -> Result<T, TokenError> {
         let parsed = jws::parse(token)?;
         if parsed.header.typ.as_deref() != Some(typ) {
@@ -293,15 +332,35 @@ impl KeyRing {
             .iter()
             .find(|v| v.kid == kid)
             .ok_or(TokenError::UnknownKey)?;
-        let valid = jsonwebtoken::crypto::verify(
-            parsed.signature_b64,
-            parsed.signing_input.as_bytes(),
-            &verifier.decoding,
-            Algorithm::EdDSA,
-        )
-        .map_err(|_| TokenError::BadSignature)?;
-        if !valid {
-            return Err(TokenError::BadSignature);
+        match crypto {
+            Crypto::Jwt => {
+                let valid = jsonwebtoken::crypto::verify(
+                    parsed.signature_b64,
+                    parsed.signing_input.as_bytes(),
+                    &verifier.decoding,
+                    Algorithm::EdDSA,
+                )
+                .map_err(|_| TokenError::BadSignature)?;
+                if !valid {
+                    return Err(TokenError::BadSignature);
+                }
+            }
+            Crypto::Dalek => {
+                // The strict base64url engine refuses padding and non-canonical trailing bits,
+                // so one signature has exactly one encoding.
+                let mut signature = [0u8; ed25519_dalek::SIGNATURE_LENGTH];
+                match URL_SAFE_NO_PAD.decode_slice(parsed.signature_b64, &mut signature) {
+                    Ok(ed25519_dalek::SIGNATURE_LENGTH) => {}
+                    _ => return Err(TokenError::BadSignature),
+                }
+                verifier
+                    .key
+                    .verify(
+                        parsed.signing_input.as_bytes(),
+                        &ed25519_dalek::Signature::from_bytes(&signature),
+                    )
+                    .map_err(|_| TokenError::BadSignature)?;
+            }
         }
         let claims: T = jws::decode_claims(parsed.payload_b64)?;
         if now_s >= claims.exp_s() {
@@ -378,8 +437,12 @@ mod tests {
             encode_json(header),
             URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).unwrap())
         );
-        let signature =
-            jsonwebtoken::crypto::sign(input.as_bytes(), &key.encoding, Algorithm::EdDSA).unwrap();
+        let signature = jsonwebtoken::crypto::sign(
+            input.as_bytes(),
+            &EncodingKey::from_ed_der(&key.to_pkcs8_der()),
+            Algorithm::EdDSA,
+        )
+        .unwrap();
         format!("{input}.{signature}")
     }
 

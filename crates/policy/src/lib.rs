@@ -13,12 +13,19 @@
 //! known `kid`, a valid signature, then `exp` and `iat` against a caller-supplied clock.
 //!
 //! Secrets (private keys, tokens) never appear in `Debug` output or error messages.
+//!
+//! [`policy`] holds agent spend policies and their pure evaluation ([`policy::evaluate`]).
 
 mod jws;
 pub mod keys;
+pub mod policy;
 pub mod tokens;
 
 pub use keys::{KeyError, KeyRing, SigningKey};
+pub use policy::{
+    CompiledPolicy, CompiledTokenLimits, Decision, NarrowError, Policy, PolicyError, Reason,
+    SpendRequest, TokenLimits, Usage, evaluate, usage_windows,
+};
 pub use tokens::{AgentTokenClaims, GrantClaims, Money, TokenError};
 
 /// JOSE `typ` of an agent token.

@@ -4,6 +4,7 @@
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use turnpike_policy::AgentTokenClaims;
 use turnpike_store::{AgentTokenRow, TenantRow};
@@ -119,12 +120,22 @@ impl FromRequestParts<AppState> for AgentAuth {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token = bearer(parts)?;
         let now_s = state.now_ms().div_euclid(1000);
-        let mut result = state.keys().verify_agent_token(token, now_s);
-        if result == Err(turnpike_policy::TokenError::UnknownKey) {
-            // Another replica may have created a key since this one loaded them.
-            result = state.reload_keys().await?.verify_agent_token(token, now_s);
-        }
-        let claims = result.map_err(|err| ApiError::unauthorized(format!("agent token: {err}")))?;
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let claims = match state.caches.agent_tokens.get(&digest) {
+            Some(claims) if now_s < claims.exp => claims,
+            Some(_) => return Err(ApiError::unauthorized("agent token: token expired")),
+            None => {
+                let mut result = state.keys().verify_agent_token(token, now_s);
+                if result == Err(turnpike_policy::TokenError::UnknownKey) {
+                    // Another replica may have created a key since this one loaded them.
+                    result = state.reload_keys().await?.verify_agent_token(token, now_s);
+                }
+                let claims =
+                    result.map_err(|err| ApiError::unauthorized(format!("agent token: {err}")))?;
+                state.caches.agent_tokens.insert(digest, claims.clone());
+                claims
+            }
+        };
         let row = state
             .store
             .agent_token(&claims.jti)

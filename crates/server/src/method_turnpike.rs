@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use turnpike_ledger::{AccountKind, TransferError, TransferId, TransferRequest};
 use turnpike_policy::{GrantClaims, TokenError};
 use turnpike_protocol::{Credential, ProblemType};
-use turnpike_store::TenantRow;
+use turnpike_store::{GuardRefusal, LedgerGuard, PaymentRow, TenantRow};
 
 use crate::catalog::PriceDefinition;
 use crate::error::ApiError;
@@ -141,6 +141,8 @@ pub async fn verify_offline(
 pub enum SettleError {
     /// The reservation cannot be posted (expired, voided, not found): 402 with this problem.
     Refused(ProblemType, String),
+    /// Another payment already used this challenge or proof; nothing was posted.
+    Taken,
     /// The ledger failed; nothing was posted.
     Api(ApiError),
 }
@@ -178,13 +180,18 @@ pub fn fee_refund_id(payment_id: &str) -> TransferId {
 }
 
 /// Post the reservation to the merchant's revenue and move the platform fee, all or nothing.
+///
+/// `payment` (state `settled`) is written in the same ledger transaction as the posting, under
+/// the store's single-use constraints: when its challenge or proof was already used, nothing is
+/// posted and the result is [`SettleError::Taken`].
 pub async fn settle(
     state: &AppState,
     tenant: &TenantRow,
-    payment_id: &str,
+    payment: PaymentRow,
     grant: &VerifiedGrant,
     def: &PriceDefinition,
 ) -> Result<(), SettleError> {
+    let payment_id = payment.id.clone();
     let fee = fee_minor(grant.amount_minor, state.config.platform_fee_bps);
     let mut transfers = vec![TransferRequest::Post {
         id: post_id(grant.reservation),
@@ -208,15 +215,20 @@ pub async fn settle(
             currency: def.currency.clone(),
             timeout_ms: None,
             code: codes::FEE,
-            user_data: Some(payment_id.to_owned()),
+            user_data: Some(payment_id),
         });
     }
-    let results = state.engine.linked(transfers).await.map_err(|err| {
-        tracing::error!(error = %err, "ledger failed while settling");
-        SettleError::Api(ApiError::unavailable(
-            "the ledger failed; nothing was charged",
-        ))
-    })?;
+    let results = state
+        .engine
+        .guarded(LedgerGuard::Payment(payment), transfers)
+        .await
+        .map_err(|err| {
+            tracing::error!(error = %err, "ledger failed while settling");
+            SettleError::Api(ApiError::unavailable(
+                "the ledger failed; nothing was charged",
+            ))
+        })?
+        .map_err(|GuardRefusal::PaymentTaken| SettleError::Taken)?;
     if let Some(Err(err)) = results.into_iter().find(|r| r.is_err()) {
         let (kind, detail) = match err {
             TransferError::PendingExpired | TransferError::PendingAlreadyVoided => (

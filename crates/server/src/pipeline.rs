@@ -12,7 +12,7 @@ use turnpike_protocol::{
     BindingSecret, Challenge, ContentDigest, Credential, Problem, ProblemType, Receipt,
     accept_payment, b64, find_payment_credential, jcs,
 };
-use turnpike_store::{Claim, Idempotency, PaymentRow, TenantRow};
+use turnpike_store::{Idempotency, PaymentRow, TenantRow};
 
 use crate::catalog::{PriceDefinition, match_route};
 use crate::decision::{Decision, DecisionKind};
@@ -662,20 +662,31 @@ async fn settle(
         tenant_id: tenant.id.clone(),
         challenge_id: checked.credential.challenge.id.clone(),
         proof_key: format!("turnpike:{}", checked.verified.grant_id),
-        state: "claimed".to_owned(),
+        state: "settled".to_owned(),
         method: checked.credential.challenge.method.clone(),
         amount: checked.price.definition.amount.clone(),
         currency: checked.price.definition.currency.clone(),
         price_id: checked.price.id.clone(),
         price_version: checked.price.version,
         payer_tenant_id: Some(checked.verified.payer_tenant_id.clone()),
-        reference: None,
+        // The balance method settles in the ledger: the payment id is its own reference.
+        reference: Some(payment_id.clone()),
         created_at: now_ms,
         updated_at: now_ms,
     };
-    match state.store.claim_payment(&row).await? {
-        Claim::Claimed => {}
-        Claim::Taken(_) => {
+    // The payment row and the posting commit together (one ledger transaction): a challenge or
+    // proof used before is refused there, on every replica.
+    match method_turnpike::settle(
+        state,
+        tenant,
+        row,
+        &checked.verified,
+        &checked.price.definition,
+    )
+    .await
+    {
+        Ok(()) => {}
+        Err(method_turnpike::SettleError::Taken) => {
             return Ok(Decision::refused(
                 DecisionKind::Forbidden,
                 403,
@@ -687,31 +698,11 @@ async fn settle(
                 ),
             ));
         }
-    }
-    match method_turnpike::settle(
-        state,
-        tenant,
-        &payment_id,
-        &checked.verified,
-        &checked.price.definition,
-    )
-    .await
-    {
-        Ok(()) => {}
-        Err(failure) => {
-            state.store.release_claim(&payment_id).await?;
-            return match failure {
-                method_turnpike::SettleError::Refused(kind, detail) => {
-                    challenge_for(state, secrets, tenant, facts, digest, retry(kind, detail)).await
-                }
-                method_turnpike::SettleError::Api(err) => Err(err),
-            };
+        Err(method_turnpike::SettleError::Refused(kind, detail)) => {
+            return challenge_for(state, secrets, tenant, facts, digest, retry(kind, detail)).await;
         }
+        Err(method_turnpike::SettleError::Api(err)) => return Err(err),
     }
-    state
-        .store
-        .settle_payment(&payment_id, &payment_id, state.now_ms())
-        .await?;
     let timestamp = chrono::DateTime::from_timestamp_millis(state.now_ms()).unwrap_or_default();
     let receipt = Receipt::success("turnpike", timestamp, &payment_id)
         .to_header_value()

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use turnpike_ledger::{AccountFlags, AccountId, AccountKind, Engine, NewAccount};
+use turnpike_ledger::{AccountFlags, AccountId, AccountKind, NewAccount};
 use turnpike_policy::{KeyRing, SigningKey};
-use turnpike_store::{Store, TenantRow};
+use turnpike_store::{Store, StoreEngine, TenantRow};
 
 use crate::cache::TtlCache;
 use crate::pipeline::{PriceRef, Secrets};
@@ -59,7 +59,7 @@ pub struct Inner {
     /// The database.
     pub store: Store,
     /// The ledger's posting engine.
-    pub engine: Engine,
+    pub engine: StoreEngine,
     /// Configuration.
     pub config: Config,
     /// HTTP client for gateway upstreams.
@@ -91,6 +91,10 @@ pub struct Caches {
     pub tenants: TtlCache<String, TenantRow>,
     /// Tenant slug -> tenant.
     pub slugs: TtlCache<String, TenantRow>,
+    /// SHA-256 of an agent token -> its verified claims: the signature is checked once per
+    /// token and minute, not on every call. Expiry is still checked on every call, and
+    /// revocation in the database (never cached).
+    pub agent_tokens: TtlCache<[u8; 32], turnpike_policy::AgentTokenClaims>,
 }
 
 impl Caches {
@@ -102,6 +106,7 @@ impl Caches {
             price_versions: TtlCache::new(Duration::from_secs(3_600), CACHE_ENTRIES_MAX),
             tenants: TtlCache::new(CACHE_TTL, CACHE_ENTRIES_MAX),
             slugs: TtlCache::new(CACHE_TTL, CACHE_ENTRIES_MAX),
+            agent_tokens: TtlCache::new(Duration::from_secs(60), CACHE_ENTRIES_MAX),
         }
     }
 }
@@ -115,7 +120,7 @@ impl std::ops::Deref for AppState {
 
 impl AppState {
     /// Build the state: load (or create, on first start) the platform signing keys.
-    pub async fn new(store: Store, engine: Engine, config: Config) -> anyhow::Result<Self> {
+    pub async fn new(store: Store, engine: StoreEngine, config: Config) -> anyhow::Result<Self> {
         let keys = load_keys(&store, engine.now_ms()).await?;
         let http = reqwest::Client::builder()
             .timeout(config.upstream_timeout)

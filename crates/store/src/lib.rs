@@ -14,6 +14,7 @@
 
 mod check;
 mod error;
+mod guard;
 mod history;
 mod merchant;
 mod migrate;
@@ -37,6 +38,7 @@ use turnpike_ledger::{
 
 pub use check::{CheckReport, Phase, Total, VIOLATIONS_LISTED_MAX, Violation};
 pub use error::StoreError;
+pub use guard::{GuardRefusal, LedgerGuard, StoreEngine};
 pub use history::{Cursor, HISTORY_PAGE_LIMIT_MAX, Page};
 pub use merchant::{
     AgentRow, AgentTokenRow, ApiKeyRow, BindingSecretRow, Claim, Idempotency, LIST_LIMIT_MAX,
@@ -251,12 +253,12 @@ impl Store {
     }
 }
 
-impl LedgerBackend for Store {
+impl LedgerBackend<LedgerGuard> for Store {
     async fn execute(
         &self,
-        commands: &[Command],
+        commands: &[Command<LedgerGuard>],
         now_ms: i64,
-    ) -> Result<Vec<CommandResult>, BackendError> {
+    ) -> Result<Vec<CommandResult<LedgerGuard>>, BackendError> {
         match &self.db {
             Db::Sqlite(pool) => sqlite::execute(pool, commands, now_ms).await,
             Db::Postgres(pool) => postgres::execute(pool, commands, now_ms).await,

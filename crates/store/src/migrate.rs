@@ -26,6 +26,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         "merchant",
         include_str!("../../../migrations/sqlite/0002_merchant.sql"),
     ),
+    (
+        3,
+        "collation",
+        include_str!("../../../migrations/sqlite/0003_collation.sql"),
+    ),
 ];
 
 /// (version, description, SQL) of every PostgreSQL migration, in order.
@@ -39,6 +44,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         2,
         "merchant",
         include_str!("../../../migrations/postgres/0002_merchant.sql"),
+    ),
+    (
+        3,
+        "collation",
+        include_str!("../../../migrations/postgres/0003_collation.sql"),
     ),
 ];
 

@@ -18,7 +18,8 @@ use turnpike_ledger::{
 };
 
 use crate::check::{CheckReport, Checker};
-use crate::error::{Dialect, StoreError, backend_error, describe, expect_rows};
+use crate::error::{Dialect, StoreError, backend_error, expect_rows};
+use crate::guard::{self, LedgerGuard};
 use crate::history::{Cursor, Page};
 use crate::rows::{
     TransferParams, account_columns, account_from_row, amount_text, id_text, parse_pending_state,
@@ -141,28 +142,21 @@ const CHECK_PENDING: &str = "SELECT p.transfer_id, p.state, p.expires_at_ms, t.k
      LEFT JOIN ledger_transfers AS r ON r.pending_id = p.transfer_id \
      ORDER BY p.transfer_id";
 
-/// Plan every execution of the (cached, prepared) statements for its actual parameters.
+/// A ledger batch's transaction plans every execution of its (cached, prepared) statements for
+/// the actual parameters.
 ///
 /// PostgreSQL otherwise switches a prepared statement to a generic plan after five runs and
 /// keeps it until the table is next analyzed: a plan made while the ledger tables were empty
 /// (a sequential scan for `id = ANY($1)`) then slows every batch as the table grows — ten times
-/// slower within seconds on a fresh database. Re-planning costs tens of microseconds. Databases
-/// that do not know the setting (older CockroachDB) refuse it, which is harmless: the error is
-/// ignored and the connection used as is.
-const SESSION_SETUP: &str = "SET plan_cache_mode = force_custom_plan";
+/// slower within seconds on a fresh database. Re-planning costs tens of microseconds per
+/// statement, paid once per batch. `SET LOCAL` keeps it to the batch: the request path's
+/// single-row statements (primary-key lookups) keep their cheaper generic plans.
+const BEGIN_BATCH: &str = "BEGIN; SET LOCAL plan_cache_mode = force_custom_plan";
 
 pub(crate) async fn open(options: PgConnectOptions) -> Result<PgPool, StoreError> {
     Ok(PgPoolOptions::new()
         .max_connections(POOL_CONNECTIONS_MAX)
         .acquire_timeout(ACQUIRE_TIMEOUT)
-        .after_connect(|conn, _meta| {
-            Box::pin(async move {
-                if let Err(err) = sqlx::raw_sql(SESSION_SETUP).execute(&mut *conn).await {
-                    tracing::debug!(error = %describe(&err), "plan_cache_mode not set");
-                }
-                Ok(())
-            })
-        })
         .connect_with(options)
         .await?)
 }
@@ -174,11 +168,13 @@ fn id_texts<I: IntoIterator<Item = u128>>(ids: I) -> Vec<String> {
 /// Apply a ledger batch in one READ COMMITTED transaction with its accounts locked.
 pub(crate) async fn execute(
     pool: &PgPool,
-    commands: &[Command],
+    commands: &[Command<LedgerGuard>],
     now_ms: i64,
-) -> Result<Vec<CommandResult>, BackendError> {
+) -> Result<Vec<CommandResult<LedgerGuard>>, BackendError> {
     let db = |err: sqlx::Error| backend_error(Dialect::Postgres, &err);
-    let mut tx = pool.begin().await.map_err(db)?;
+    let mut tx = pool.begin_with(BEGIN_BATCH).await.map_err(db)?;
+    // Guards first: a command whose row is refused loads and locks nothing it does not need.
+    let recorded = guard::record_pg(&mut tx, commands).await?;
     let keys = BatchKeys::of(commands);
     let mut snapshot = Snapshot::default();
 
@@ -220,7 +216,8 @@ pub(crate) async fn execute(
         }
     }
 
-    let outcome = apply_batch(&mut snapshot, commands, now_ms);
+    let outcome = apply_batch(&mut snapshot, commands, &recorded.refused, now_ms);
+    guard::drop_failed_pg(&mut tx, &recorded, &outcome.results).await?;
 
     if !outcome.new_transfers.is_empty() {
         let rows: Vec<TransferParams> = outcome.new_transfers.iter().map(Into::into).collect();

@@ -20,6 +20,7 @@ use turnpike_ledger::{
 
 use crate::check::{CheckReport, Checker};
 use crate::error::{Dialect, StoreError, backend_error, expect_rows};
+use crate::guard::{self, LedgerGuard};
 use crate::history::{Cursor, Page};
 use crate::rows::{
     account_columns, account_from_row, amount_text, id_text, parse_pending_state,
@@ -224,11 +225,12 @@ struct PendingJson {
 /// Apply a ledger batch in one `BEGIN IMMEDIATE` transaction.
 pub(crate) async fn execute(
     pool: &SqlitePool,
-    commands: &[Command],
+    commands: &[Command<LedgerGuard>],
     now_ms: i64,
-) -> Result<Vec<CommandResult>, BackendError> {
+) -> Result<Vec<CommandResult<LedgerGuard>>, BackendError> {
     let db = |err: sqlx::Error| backend_error(Dialect::Sqlite, &err);
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
+    let recorded = guard::record_sqlite(&mut tx, commands).await?;
     let keys = BatchKeys::of(commands);
     let mut snapshot = Snapshot::default();
 
@@ -271,7 +273,8 @@ pub(crate) async fn execute(
         }
     }
 
-    let outcome = apply_batch(&mut snapshot, commands, now_ms);
+    let outcome = apply_batch(&mut snapshot, commands, &recorded.refused, now_ms);
+    guard::drop_failed_sqlite(&mut tx, &recorded, &outcome.results).await?;
 
     if !outcome.new_transfers.is_empty() {
         let rows: Vec<TransferJson<'_>> = outcome.new_transfers.iter().map(Into::into).collect();

@@ -5,10 +5,10 @@
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
-use turnpike_ledger::{Engine, EngineError};
+use turnpike_ledger::EngineError;
 
-use crate::Store;
 use crate::error::StoreError;
+use crate::{Store, StoreEngine};
 
 /// Most pending transfers expired in one engine command.
 pub const EXPIRE_BATCH_MAX: usize = 1_024;
@@ -39,7 +39,7 @@ pub struct Sweep {
 /// them.
 pub async fn sweep_once(
     store: &Store,
-    engine: &Engine,
+    engine: &StoreEngine,
     batch_max: usize,
 ) -> Result<Sweep, SweepError> {
     let batch_max = batch_max.clamp(1, EXPIRE_BATCH_MAX);
@@ -60,7 +60,7 @@ pub async fn sweep_once(
 /// stops. Failures are logged and retried at the next interval.
 pub fn spawn_expiry_sweeper(
     store: Store,
-    engine: Engine,
+    engine: StoreEngine,
     interval: Duration,
     batch_max: usize,
 ) -> JoinHandle<()> {

@@ -18,7 +18,7 @@ use turnpike_ledger::{
     TransferResult,
 };
 use turnpike_store::{
-    Cursor, Database, Phase, Store, StoreError, Total, Violation, spawn_expiry_sweeper,
+    Cursor, Database, Phase, Store, StoreEngine, StoreError, Total, Violation, spawn_expiry_sweeper,
 };
 
 use turnpike_store::on_both_databases;
@@ -50,7 +50,7 @@ const MERCHANT: AccountId = AccountId(3);
 
 struct Ledger {
     store: Store,
-    engine: Engine,
+    engine: StoreEngine,
     clock: Arc<ManualClock>,
 }
 
@@ -72,7 +72,7 @@ fn no_overdraft() -> AccountFlags {
     }
 }
 
-fn start_engine(store: &Store, clock: Arc<ManualClock>) -> Engine {
+fn start_engine(store: &Store, clock: Arc<ManualClock>) -> StoreEngine {
     Engine::start(
         Arc::new(store.clone()),
         EngineConfig {

@@ -1,0 +1,224 @@
+//! Guards: what the store checks and records in the same transaction as a ledger command's
+//! transfers (see [`turnpike_ledger::Guard`]).
+//!
+//! A payment settled in the ledger itself (the `turnpike` balance method) is one guarded
+//! command: the payment row (its challenge and its proof, each usable once) and the posting of
+//! the payer's reservation commit together, in the posting engine's group commit, so a paid
+//! verification costs no autocommit of its own and a crash between the two cannot happen.
+//!
+//! In a batch: the guard rows are inserted first (`ON CONFLICT DO NOTHING`: a row whose
+//! challenge or proof is already used — by an earlier command of the same batch, or by another
+//! transaction, committed or not yet, on any replica — is skipped and its command refused);
+//! then the ledger applies the transfers; then the rows of guarded commands whose transfers
+//! failed are deleted again; then the transaction commits.
+
+use std::collections::HashSet;
+
+use sqlx::{PgConnection, SqliteConnection};
+use turnpike_ledger::{BackendError, Command, CommandResult, Engine, Guard};
+
+use crate::error::{Dialect, backend_error};
+use crate::merchant::PaymentRow;
+
+/// What the store checks and records with a guarded ledger command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LedgerGuard {
+    /// Insert this payment row. Refused with [`GuardRefusal::PaymentTaken`] when its
+    /// (tenant, challenge id) or its proof key is already used by another payment.
+    Payment(PaymentRow),
+}
+
+/// Why the store refused a guard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuardRefusal {
+    /// Another payment already used this challenge or this proof.
+    PaymentTaken,
+}
+
+impl Guard for LedgerGuard {
+    type Refusal = GuardRefusal;
+}
+
+/// The posting engine over a [`crate::Store`].
+pub type StoreEngine = Engine<LedgerGuard>;
+
+/// The guard rows a batch inserted.
+#[derive(Debug, Default)]
+pub(crate) struct Recorded<'a> {
+    /// One slot per command (or none at all when the batch has no guards): the refusal of
+    /// each guarded command whose row was not inserted.
+    pub(crate) refused: Vec<Option<GuardRefusal>>,
+    /// The payment rows of the batch's guarded commands, with their command's index.
+    rows: Vec<(usize, &'a PaymentRow)>,
+}
+
+impl Recorded<'_> {
+    /// The ids of the rows whose command was accepted but whose transfers failed.
+    fn failed_ids(&self, results: &[CommandResult<LedgerGuard>]) -> Vec<String> {
+        self.rows
+            .iter()
+            .filter(|(i, _)| self.refused[*i].is_none() && !results[*i].applied())
+            .map(|(_, row)| row.id.clone())
+            .collect()
+    }
+}
+
+/// The payment rows of the batch's guarded commands, with their command's index.
+fn payments(commands: &[Command<LedgerGuard>]) -> Vec<(usize, &PaymentRow)> {
+    commands
+        .iter()
+        .enumerate()
+        .filter_map(|(i, command)| match command {
+            Command::Guarded(LedgerGuard::Payment(row), _) => Some((i, row)),
+            Command::Linked(_) | Command::Expire(_) => None,
+        })
+        .collect()
+}
+
+/// One refusal slot per command: the guarded commands whose row was not inserted.
+fn refusals(
+    commands: &[Command<LedgerGuard>],
+    rows: &[(usize, &PaymentRow)],
+    inserted: &HashSet<String>,
+) -> Vec<Option<GuardRefusal>> {
+    let mut refused = vec![None; commands.len()];
+    for (i, row) in rows {
+        if !inserted.contains(&row.id) {
+            refused[*i] = Some(GuardRefusal::PaymentTaken);
+        }
+    }
+    refused
+}
+
+const PG_INSERT_PAYMENTS: &str = "INSERT INTO payments (id, tenant_id, challenge_id, proof_key, \
+     state, method, amount, currency, price_id, price_version, payer_tenant_id, reference, \
+     created_at, updated_at) \
+     SELECT * FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], \
+     $6::TEXT[], $7::TEXT[], $8::TEXT[], $9::TEXT[], $10::BIGINT[], $11::TEXT[], $12::TEXT[], \
+     $13::BIGINT[], $14::BIGINT[]) \
+     ON CONFLICT DO NOTHING RETURNING id";
+const PG_DELETE_PAYMENTS: &str = "DELETE FROM payments WHERE id = ANY($1::TEXT[])";
+
+/// Insert the batch's guard rows (PostgreSQL); one refusal slot per command.
+pub(crate) async fn record_pg<'a>(
+    tx: &mut PgConnection,
+    commands: &'a [Command<LedgerGuard>],
+) -> Result<Recorded<'a>, BackendError> {
+    let rows = payments(commands);
+    if rows.is_empty() {
+        return Ok(Recorded::default());
+    }
+    let column = |f: fn(&PaymentRow) -> String| rows.iter().map(|(_, r)| f(r)).collect::<Vec<_>>();
+    let inserted: Vec<(String,)> = sqlx::query_as(PG_INSERT_PAYMENTS)
+        .bind(column(|r| r.id.clone()))
+        .bind(column(|r| r.tenant_id.clone()))
+        .bind(column(|r| r.challenge_id.clone()))
+        .bind(column(|r| r.proof_key.clone()))
+        .bind(column(|r| r.state.clone()))
+        .bind(column(|r| r.method.clone()))
+        .bind(column(|r| r.amount.clone()))
+        .bind(column(|r| r.currency.clone()))
+        .bind(column(|r| r.price_id.clone()))
+        .bind(
+            rows.iter()
+                .map(|(_, r)| r.price_version)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|(_, r)| r.payer_tenant_id.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|(_, r)| r.reference.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(rows.iter().map(|(_, r)| r.created_at).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, r)| r.updated_at).collect::<Vec<_>>())
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|err| backend_error(Dialect::Postgres, &err))?;
+    let inserted: HashSet<String> = inserted.into_iter().map(|(id,)| id).collect();
+    let refused = refusals(commands, &rows, &inserted);
+    Ok(Recorded { refused, rows })
+}
+
+/// Delete the guard rows whose transfers failed (PostgreSQL).
+pub(crate) async fn drop_failed_pg(
+    tx: &mut PgConnection,
+    recorded: &Recorded<'_>,
+    results: &[CommandResult<LedgerGuard>],
+) -> Result<(), BackendError> {
+    let failed = recorded.failed_ids(results);
+    if failed.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(PG_DELETE_PAYMENTS)
+        .bind(failed)
+        .execute(&mut *tx)
+        .await
+        .map_err(|err| backend_error(Dialect::Postgres, &err))?;
+    Ok(())
+}
+
+const SQLITE_INSERT_PAYMENT: &str = "INSERT INTO payments (id, tenant_id, challenge_id, \
+     proof_key, state, method, amount, currency, price_id, price_version, payer_tenant_id, \
+     reference, created_at, updated_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+     ON CONFLICT DO NOTHING";
+const SQLITE_DELETE_PAYMENT: &str = "DELETE FROM payments WHERE id = $1";
+
+/// Insert the batch's guard rows (SQLite: one statement per row, in process); one refusal slot
+/// per command.
+pub(crate) async fn record_sqlite<'a>(
+    tx: &mut SqliteConnection,
+    commands: &'a [Command<LedgerGuard>],
+) -> Result<Recorded<'a>, BackendError> {
+    let rows = payments(commands);
+    if rows.is_empty() {
+        return Ok(Recorded::default());
+    }
+    let mut inserted = HashSet::with_capacity(rows.len());
+    for (_, r) in &rows {
+        let done = sqlx::query(SQLITE_INSERT_PAYMENT)
+            .bind(&r.id)
+            .bind(&r.tenant_id)
+            .bind(&r.challenge_id)
+            .bind(&r.proof_key)
+            .bind(&r.state)
+            .bind(&r.method)
+            .bind(&r.amount)
+            .bind(&r.currency)
+            .bind(&r.price_id)
+            .bind(r.price_version)
+            .bind(&r.payer_tenant_id)
+            .bind(&r.reference)
+            .bind(r.created_at)
+            .bind(r.updated_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(|err| backend_error(Dialect::Sqlite, &err))?;
+        if done.rows_affected() == 1 {
+            inserted.insert(r.id.clone());
+        }
+    }
+    let refused = refusals(commands, &rows, &inserted);
+    Ok(Recorded { refused, rows })
+}
+
+/// Delete the guard rows whose transfers failed (SQLite).
+pub(crate) async fn drop_failed_sqlite(
+    tx: &mut SqliteConnection,
+    recorded: &Recorded<'_>,
+    results: &[CommandResult<LedgerGuard>],
+) -> Result<(), BackendError> {
+    for id in recorded.failed_ids(results) {
+        sqlx::query(SQLITE_DELETE_PAYMENT)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(|err| backend_error(Dialect::Sqlite, &err))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,249 @@
+//! Guarded ledger commands on both databases: a payment row and the transfers it pays commit
+//! together or not at all, and a challenge or proof pays once, within a batch, across batches
+//! and under concurrent submission.
+
+// The test bodies are plain `async fn`s that macro-generated `#[tokio::test]`s call, which
+// clippy's `allow-unwrap-in-tests` does not recognise as tests.
+#![allow(clippy::unwrap_used)]
+
+use turnpike_store::testing as common;
+
+use std::sync::Arc;
+
+use common::TestDb;
+use turnpike_ledger::{
+    AccountFlags, AccountId, AccountKind, Engine, EngineConfig, NewAccount, TransferError,
+    TransferId, TransferRequest,
+};
+use turnpike_store::{
+    ApiKeyRow, BindingSecretRow, GuardRefusal, LedgerGuard, PaymentRow, Store, StoreEngine,
+    TenantRow,
+};
+
+use turnpike_store::on_both_databases;
+
+on_both_databases!(
+    guarded_payment_commits_its_row_with_its_transfer,
+    second_payment_of_a_challenge_or_a_proof_is_refused_and_moves_nothing,
+    failed_transfer_leaves_no_payment_row_and_frees_the_challenge,
+    concurrent_payments_of_one_challenge_settle_once,
+);
+
+const T0: i64 = 1_800_000_000_000;
+const WORLD: AccountId = AccountId(1);
+const PAYER: AccountId = AccountId(2);
+const MERCHANT: AccountId = AccountId(3);
+const TENANT: &str = "ten_guard";
+
+async fn setup(db: &TestDb) -> (Store, StoreEngine) {
+    let store = db.open().await;
+    let tenant = TenantRow {
+        id: TENANT.into(),
+        name: "Guard".into(),
+        slug: "guard".into(),
+        realm: "guard.example".into(),
+        created_at: T0,
+    };
+    let key = ApiKeyRow {
+        id: "key_guard".into(),
+        tenant_id: TENANT.into(),
+        name: "first".into(),
+        prefix: "tp_sk_gu".into(),
+        secret_hash: "00".repeat(32),
+        created_at: T0,
+        revoked_at: None,
+    };
+    let secret = BindingSecretRow {
+        version: 1,
+        secret: "c2VjcmV0".into(),
+        created_at: T0,
+    };
+    store
+        .create_tenant(&tenant, &key, &secret)
+        .await
+        .unwrap()
+        .unwrap();
+    let no_overdraft = AccountFlags {
+        debits_must_not_exceed_credits: true,
+        ..AccountFlags::default()
+    };
+    for (id, kind, flags) in [
+        (WORLD, AccountKind::External, AccountFlags::default()),
+        (PAYER, AccountKind::PayerBalance, no_overdraft),
+        (
+            MERCHANT,
+            AccountKind::MerchantRevenue,
+            AccountFlags::default(),
+        ),
+    ] {
+        let account = NewAccount {
+            id,
+            tenant: TENANT.into(),
+            owner: "owner".into(),
+            kind,
+            currency: "usd".into(),
+            flags,
+        };
+        store.create_account(account, T0).await.unwrap().unwrap();
+    }
+    let engine = Engine::start(Arc::new(store.clone()), EngineConfig::default());
+    engine
+        .transfer(transfer(1_000, WORLD, PAYER, 1_000))
+        .await
+        .unwrap()
+        .unwrap();
+    (store, engine)
+}
+
+fn transfer(id: u128, debit: AccountId, credit: AccountId, amount: u128) -> TransferRequest {
+    TransferRequest::Transfer {
+        id: TransferId(id),
+        debit_account_id: debit,
+        credit_account_id: credit,
+        amount,
+        currency: "usd".into(),
+        timeout_ms: None,
+        code: 1,
+        user_data: None,
+    }
+}
+
+fn payment(id: &str, challenge: &str, proof: &str) -> LedgerGuard {
+    LedgerGuard::Payment(PaymentRow {
+        id: id.into(),
+        tenant_id: TENANT.into(),
+        challenge_id: challenge.into(),
+        proof_key: proof.into(),
+        state: "settled".into(),
+        method: "turnpike".into(),
+        amount: "10".into(),
+        currency: "usd".into(),
+        price_id: "price_1".into(),
+        price_version: 1,
+        payer_tenant_id: Some(TENANT.into()),
+        reference: Some(id.into()),
+        created_at: T0,
+        updated_at: T0,
+    })
+}
+
+async fn balance(store: &Store, id: AccountId) -> (u128, u128) {
+    let account = store.account(None, id).await.unwrap().unwrap();
+    (account.debits_posted, account.credits_posted)
+}
+
+async fn guarded_payment_commits_its_row_with_its_transfer(db: &TestDb) {
+    let (store, engine) = setup(db).await;
+    let results = engine
+        .guarded(
+            payment("pay_1", "ch_1", "p:1"),
+            vec![transfer(1, PAYER, MERCHANT, 10)],
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(results.iter().all(Result::is_ok));
+    let row = store.payment(TENANT, "pay_1").await.unwrap().unwrap();
+    assert_eq!(row.state, "settled");
+    assert_eq!(balance(&store, MERCHANT).await, (0, 10));
+    assert!(store.check().await.unwrap().is_ok());
+}
+
+async fn second_payment_of_a_challenge_or_a_proof_is_refused_and_moves_nothing(db: &TestDb) {
+    let (store, engine) = setup(db).await;
+    engine
+        .guarded(
+            payment("pay_1", "ch_1", "p:1"),
+            vec![transfer(1, PAYER, MERCHANT, 10)],
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    // Same challenge, other proof; same proof, other challenge: both refused.
+    for (id, challenge, proof, transfer_id) in
+        [("pay_2", "ch_1", "p:2", 2), ("pay_3", "ch_3", "p:1", 3)]
+    {
+        let refused = engine
+            .guarded(
+                payment(id, challenge, proof),
+                vec![transfer(transfer_id, PAYER, MERCHANT, 10)],
+            )
+            .await
+            .unwrap();
+        assert_eq!(refused, Err(GuardRefusal::PaymentTaken));
+        assert!(store.payment(TENANT, id).await.unwrap().is_none());
+        assert!(
+            store
+                .transfer(TransferId(transfer_id))
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+    assert_eq!(balance(&store, MERCHANT).await, (0, 10));
+    assert!(store.check().await.unwrap().is_ok());
+}
+
+async fn failed_transfer_leaves_no_payment_row_and_frees_the_challenge(db: &TestDb) {
+    let (store, engine) = setup(db).await;
+    // More than the payer holds: the transfer fails, so the row must not stay.
+    let results = engine
+        .guarded(
+            payment("pay_1", "ch_1", "p:1"),
+            vec![transfer(1, PAYER, MERCHANT, 5_000)],
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(results, vec![Err(TransferError::ExceedsCredits)]);
+    assert!(store.payment(TENANT, "pay_1").await.unwrap().is_none());
+    // The challenge and the proof were not used up: a payment that can be made goes through.
+    let results = engine
+        .guarded(
+            payment("pay_2", "ch_1", "p:1"),
+            vec![transfer(2, PAYER, MERCHANT, 10)],
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(results.iter().all(Result::is_ok));
+    assert!(store.payment(TENANT, "pay_2").await.unwrap().is_some());
+    assert_eq!(balance(&store, MERCHANT).await, (0, 10));
+    assert!(store.check().await.unwrap().is_ok());
+}
+
+async fn concurrent_payments_of_one_challenge_settle_once(db: &TestDb) {
+    let (store, engine) = setup(db).await;
+    // Two engines on one database stand for two replicas; 20 submissions of one challenge.
+    let other = Engine::start(Arc::new(store.clone()), EngineConfig::default());
+    let mut tasks = Vec::new();
+    for i in 0..20u128 {
+        let engine = if i % 2 == 0 {
+            engine.clone()
+        } else {
+            other.clone()
+        };
+        tasks.push(tokio::spawn(async move {
+            engine
+                .guarded(
+                    payment(&format!("pay_{i}"), "ch_same", &format!("p:{i}")),
+                    vec![transfer(100 + i, PAYER, MERCHANT, 10)],
+                )
+                .await
+                .unwrap()
+        }));
+    }
+    let mut paid = 0;
+    let mut taken = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(results) if results.iter().all(Result::is_ok) => paid += 1,
+            Err(GuardRefusal::PaymentTaken) => taken += 1,
+            other => panic!("unexpected outcome {other:?}"),
+        }
+    }
+    assert_eq!((paid, taken), (1, 19));
+    assert_eq!(balance(&store, MERCHANT).await, (0, 10));
+    assert_eq!(store.payments(TENANT, 100).await.unwrap().len(), 1);
+    assert!(store.check().await.unwrap().is_ok());
+}
