@@ -17,7 +17,7 @@ use crate::model::{
 /// command's transfers: either the record and the transfers are both written, or neither
 /// (e.g. a payment row whose challenge and proof may be used only once). The ledger only
 /// carries guards; what they mean is the backend's.
-pub trait Guard: std::fmt::Debug + Clone + PartialEq + Eq + Send + Sync + 'static {
+pub trait Guard: std::fmt::Debug + Clone + Send + Sync + 'static {
     /// Why the backend refused a guard (its command's transfers were then not applied).
     type Refusal: std::fmt::Debug + Clone + PartialEq + Eq + Send + Sync + 'static;
 }

@@ -161,7 +161,9 @@ fn bench_tokens(c: &mut Criterion) {
         jti: "tok_01".into(),
         iat: NOW_MS / 1000,
         exp: NOW_MS / 1000 + 3_600,
-        max: None,
+        pv: 1,
+        par: None,
+        lim: None,
     };
     let signed_grant = ring.sign_grant(&grant);
     let signed_agent = ring.sign_agent_token(&agent);

@@ -379,7 +379,6 @@ mod tests {
     use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 
     use super::*;
-    use crate::tokens::Money;
 
     const NOW_S: i64 = 1_760_000_000;
 
@@ -391,10 +390,15 @@ mod tests {
             jti: "tok_01".into(),
             iat: NOW_S,
             exp: NOW_S + 86_400,
-            max: Some(Money {
-                amount: "500".into(),
-                currency: "usd".into(),
-            }),
+            pv: 3,
+            par: Some("tok_00".into()),
+            lim: Some(
+                serde_json::from_value(serde_json::json!({
+                    "maxPerPayment": [{"amount": "500", "currency": "usd"}],
+                    "expiresAtS": NOW_S + 86_400
+                }))
+                .unwrap(),
+            ),
         }
     }
 
@@ -532,11 +536,11 @@ mod tests {
         );
 
         let unlimited = AgentTokenClaims {
-            max: None,
+            lim: None,
             ..agent_claims()
         };
         let token = ring.sign_agent_token(&unlimited);
-        assert!(decode_json(&segments(&token)[1]).get("max").is_none());
+        assert!(decode_json(&segments(&token)[1]).get("lim").is_none());
         assert_eq!(ring.verify_agent_token(&token, NOW_S).unwrap(), unlimited);
     }
 

@@ -26,9 +26,16 @@ pub struct AgentTokenClaims {
     pub iat: i64,
     /// Expires at, unix seconds (refused when `now_s >= exp`).
     pub exp: i64,
-    /// Largest amount one payment may have, if limited.
+    /// The agent's policy version when the token was issued (informational: payments are
+    /// always evaluated under the current version).
+    #[serde(default)]
+    pub pv: i64,
+    /// The token it was minted under (a child token), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max: Option<Money>,
+    pub par: Option<String>,
+    /// The token's own limits, narrower than the policy (and than its parent's), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lim: Option<crate::policy::TokenLimits>,
 }
 
 /// Claims of a `turnpike` payment grant (JOSE `typ: tp-grant+jwt`): pays one challenge.
@@ -86,7 +93,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn agent_claims_omit_absent_max_and_accept_it_missing() {
+    fn agent_claims_omit_absent_limits_and_accept_them_missing() {
         let claims = AgentTokenClaims {
             iss: "https://tp.example".into(),
             sub: "agt_1".into(),
@@ -94,27 +101,39 @@ mod tests {
             jti: "tok_1".into(),
             iat: 1,
             exp: 2,
-            max: None,
+            pv: 0,
+            par: None,
+            lim: None,
         };
         let value = serde_json::to_value(&claims).unwrap();
         assert_eq!(
             value,
-            json!({"iss": "https://tp.example", "sub": "agt_1", "tid": "ten_1", "jti": "tok_1", "iat": 1, "exp": 2})
+            json!({"iss": "https://tp.example", "sub": "agt_1", "tid": "ten_1", "jti": "tok_1", "iat": 1, "exp": 2, "pv": 0})
         );
         assert_eq!(
             serde_json::from_value::<AgentTokenClaims>(value).unwrap(),
             claims
         );
 
+        let limits: crate::policy::TokenLimits = serde_json::from_value(json!({
+            "maxPerPayment": [{"amount": "500", "currency": "usd"}], "expiresAtS": 2
+        }))
+        .unwrap();
         let limited = AgentTokenClaims {
-            max: Some(Money {
-                amount: "500".into(),
-                currency: "usd".into(),
-            }),
+            par: Some("tok_0".into()),
+            lim: Some(limits),
             ..claims
         };
         let value = serde_json::to_value(&limited).unwrap();
-        assert_eq!(value["max"], json!({"amount": "500", "currency": "usd"}));
+        assert_eq!(
+            value["lim"]["maxPerPayment"],
+            json!([{"amount": "500", "currency": "usd"}])
+        );
+        assert_eq!(value["par"], "tok_0");
+        assert_eq!(
+            serde_json::from_value::<AgentTokenClaims>(value).unwrap(),
+            limited
+        );
     }
 
     #[test]

@@ -20,8 +20,18 @@ pub struct ApiError {
     pub code: &'static str,
     /// Human-readable detail (no secrets).
     pub detail: String,
+    /// Extra members of the problem body and a `Retry-After`, when any (boxed: most errors
+    /// have none, and errors travel in `Result`s everywhere).
+    pub extra: Option<Box<Extra>>,
+}
+
+/// What an [`ApiError`] may carry beyond its status, code and detail.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Extra {
     /// Extra members of the problem body.
-    pub extensions: Option<serde_json::Map<String, serde_json::Value>>,
+    pub members: serde_json::Map<String, serde_json::Value>,
+    /// Seconds for a `Retry-After` header.
+    pub retry_after_s: Option<u64>,
 }
 
 impl ApiError {
@@ -31,7 +41,7 @@ impl ApiError {
             status,
             code,
             detail: detail.into(),
-            extensions: None,
+            extra: None,
         }
     }
 
@@ -75,9 +85,16 @@ impl ApiError {
 
     /// Add an extension member.
     pub fn with(mut self, key: &str, value: serde_json::Value) -> Self {
-        self.extensions
-            .get_or_insert_with(serde_json::Map::new)
+        self.extra
+            .get_or_insert_with(Box::default)
+            .members
             .insert(key.to_owned(), value);
+        self
+    }
+
+    /// Send a `Retry-After` header of `seconds`.
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.extra.get_or_insert_with(Box::default).retry_after_s = Some(seconds);
         self
     }
 
@@ -89,8 +106,8 @@ impl ApiError {
             "status": self.status.as_u16(),
             "detail": self.detail,
         });
-        if let (Some(map), Some(ext)) = (body.as_object_mut(), &self.extensions) {
-            for (k, v) in ext {
+        if let (Some(map), Some(extra)) = (body.as_object_mut(), &self.extra) {
+            for (k, v) in &extra.members {
                 map.insert(k.clone(), v.clone());
             }
         }
@@ -106,7 +123,11 @@ fn title(code: &str) -> &'static str {
         "conflict" => "Conflict",
         "no-matching-price" => "No price matches this request",
         "insufficient-balance" => "Insufficient balance",
-        "over-max-per-payment" => "Over the token's maximum per payment",
+        "policy-denied" => "Denied by the agent's spend policy",
+        "approval-required" => "Approval required",
+        "approval-invalid" => "Approval not valid for this payment",
+        "approval-not-pending" => "Approval not pending",
+        "token-widens-parent" => "A child token may only narrow its parent",
         "no-supported-challenge" => "No supported challenge",
         "idempotency-key-in-use" => "Idempotency key in use",
         "upstream-failed" => "Upstream failed",
@@ -124,6 +145,11 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if let Some(seconds) = self.extra.as_ref().and_then(|e| e.retry_after_s) {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()

@@ -11,6 +11,7 @@ pub mod http;
 pub mod ids;
 pub mod method_turnpike;
 pub mod pipeline;
+pub mod spend;
 pub mod state;
 
 use std::future::Future;
@@ -22,7 +23,7 @@ use tokio::net::TcpListener;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
-use turnpike_ledger::{Engine, EngineConfig};
+use turnpike_ledger::{Clock as _, Engine, EngineConfig, ManualClock, SystemClock};
 use turnpike_store::{Store, spawn_expiry_sweeper};
 
 pub use decision::{Decision, DecisionKind};
@@ -48,14 +49,22 @@ pub fn app(state: AppState) -> Router {
 
 /// Start the ledger engine and the expiry sweeper over `store`, and build the state.
 pub async fn start(store: Store, config: Config) -> anyhow::Result<AppState> {
-    let engine = Engine::start(Arc::new(store.clone()), EngineConfig::default());
+    let test_clock = config
+        .test_clock
+        .then(|| Arc::new(ManualClock::new(SystemClock.now_ms())));
+    let mut engine_config = EngineConfig::default();
+    if let Some(clock) = &test_clock {
+        tracing::warn!("test clock: time stands still and moves only by POST /v1/admin/clock");
+        engine_config.clock = clock.clone();
+    }
+    let engine = Engine::start(Arc::new(store.clone()), engine_config);
     spawn_expiry_sweeper(
         store.clone(),
         engine.clone(),
         SWEEP_INTERVAL,
         SWEEP_BATCH_MAX,
     );
-    AppState::new(store, engine, config).await
+    AppState::new(store, engine, config, test_clock).await
 }
 
 /// Serve on `listener` until `shutdown` resolves, then finish the requests in flight.

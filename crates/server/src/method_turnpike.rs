@@ -220,7 +220,7 @@ pub async fn settle(
     }
     let results = state
         .engine
-        .guarded(LedgerGuard::Payment(payment), transfers)
+        .guarded(LedgerGuard::Payment(Box::new(payment)), transfers)
         .await
         .map_err(|err| {
             tracing::error!(error = %err, "ledger failed while settling");
@@ -228,7 +228,13 @@ pub async fn settle(
                 "the ledger failed; nothing was charged",
             ))
         })?
-        .map_err(|GuardRefusal::PaymentTaken| SettleError::Taken)?;
+        .map_err(|refusal| match refusal {
+            GuardRefusal::PaymentTaken => SettleError::Taken,
+            other => {
+                tracing::error!(refusal = ?other, "a payment guard refused for another reason");
+                SettleError::Api(ApiError::internal())
+            }
+        })?;
     if let Some(Err(err)) = results.into_iter().find(|r| r.is_err()) {
         let (kind, detail) = match err {
             TransferError::PendingExpired | TransferError::PendingAlreadyVoided => (

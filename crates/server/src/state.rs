@@ -34,6 +34,8 @@ pub struct Config {
     pub platform_fee_bps: u32,
     /// Longest wait for a gateway upstream.
     pub upstream_timeout: Duration,
+    /// For tests only: the clock stands still and moves only by `POST /v1/admin/clock`.
+    pub test_clock: bool,
 }
 
 impl std::fmt::Debug for Config {
@@ -43,6 +45,7 @@ impl std::fmt::Debug for Config {
             .field("admin_api", &self.admin_token.is_some())
             .field("platform_fee_bps", &self.platform_fee_bps)
             .field("upstream_timeout", &self.upstream_timeout)
+            .field("test_clock", &self.test_clock)
             .finish()
     }
 }
@@ -66,6 +69,8 @@ pub struct Inner {
     pub http: reqwest::Client,
     /// Read-mostly rows, cached per replica.
     pub caches: Caches,
+    /// The hand-set clock of a server started with a test clock.
+    pub test_clock: Option<Arc<turnpike_ledger::ManualClock>>,
     keys: RwLock<KeyRing>,
     accounts_known: Mutex<HashSet<u128>>,
 }
@@ -95,6 +100,11 @@ pub struct Caches {
     /// token and minute, not on every call. Expiry is still checked on every call, and
     /// revocation in the database (never cached).
     pub agent_tokens: TtlCache<[u8; 32], turnpike_policy::AgentTokenClaims>,
+    /// Agent id -> its current policy, compiled. A payment evaluated under a version that is no
+    /// longer current is refused by the ledger transaction and re-read here.
+    pub policies: TtlCache<String, crate::spend::AgentPolicy>,
+    /// Token id -> its own limits, compiled (they never change).
+    pub token_limits: TtlCache<String, Option<Arc<turnpike_policy::policy::CompiledTokenLimits>>>,
 }
 
 impl Caches {
@@ -107,6 +117,8 @@ impl Caches {
             tenants: TtlCache::new(CACHE_TTL, CACHE_ENTRIES_MAX),
             slugs: TtlCache::new(CACHE_TTL, CACHE_ENTRIES_MAX),
             agent_tokens: TtlCache::new(Duration::from_secs(60), CACHE_ENTRIES_MAX),
+            policies: TtlCache::new(CACHE_TTL, CACHE_ENTRIES_MAX),
+            token_limits: TtlCache::new(Duration::from_secs(3_600), CACHE_ENTRIES_MAX),
         }
     }
 }
@@ -120,7 +132,12 @@ impl std::ops::Deref for AppState {
 
 impl AppState {
     /// Build the state: load (or create, on first start) the platform signing keys.
-    pub async fn new(store: Store, engine: StoreEngine, config: Config) -> anyhow::Result<Self> {
+    pub async fn new(
+        store: Store,
+        engine: StoreEngine,
+        config: Config,
+        test_clock: Option<Arc<turnpike_ledger::ManualClock>>,
+    ) -> anyhow::Result<Self> {
         let keys = load_keys(&store, engine.now_ms()).await?;
         let http = reqwest::Client::builder()
             .timeout(config.upstream_timeout)
@@ -132,6 +149,7 @@ impl AppState {
             config,
             http,
             caches: Caches::new(),
+            test_clock,
             keys: RwLock::new(keys),
             accounts_known: Mutex::new(HashSet::new()),
         })))

@@ -19,20 +19,32 @@ use turnpike_ledger::{BackendError, Command, CommandResult, Engine, Guard};
 
 use crate::error::{Dialect, backend_error};
 use crate::merchant::PaymentRow;
+use crate::spend_guard::{SpendDenial, SpendGuard};
 
 /// What the store checks and records with a guarded ledger command.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum LedgerGuard {
     /// Insert this payment row. Refused with [`GuardRefusal::PaymentTaken`] when its
     /// (tenant, challenge id) or its proof key is already used by another payment.
-    Payment(PaymentRow),
+    Payment(Box<PaymentRow>),
+    /// Evaluate an agent's payment against its policy and record its spend
+    /// (see [`crate::spend_guard`]).
+    Spend(Box<SpendGuard>),
 }
 
 /// Why the store refused a guard.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GuardRefusal {
     /// Another payment already used this challenge or this proof.
     PaymentTaken,
+    /// The agent's policy changed since the guard was built: evaluate again under the new one.
+    PolicyChanged,
+    /// The policy (or a revoked token) denies the payment.
+    Denied(SpendDenial),
+    /// The payment is above the approval threshold: hold it for the owner (the detail says why).
+    NeedsApproval(String),
+    /// The approval the guard carried is not granted for this payment, was used, or expired.
+    ApprovalInvalid,
 }
 
 impl Guard for LedgerGuard {
@@ -53,6 +65,20 @@ pub(crate) struct Recorded<'a> {
 }
 
 impl Recorded<'_> {
+    /// Merge other refusals (e.g. the spend guards') into the slots.
+    pub(crate) fn merge(
+        &mut self,
+        commands: usize,
+        refusals: impl Iterator<Item = (usize, GuardRefusal)>,
+    ) {
+        for (i, refusal) in refusals {
+            if self.refused.is_empty() {
+                self.refused = vec![None; commands];
+            }
+            self.refused[i] = Some(refusal);
+        }
+    }
+
     /// The ids of the rows whose command was accepted but whose transfers failed.
     fn failed_ids(&self, results: &[CommandResult<LedgerGuard>]) -> Vec<String> {
         self.rows
@@ -69,8 +95,10 @@ fn payments(commands: &[Command<LedgerGuard>]) -> Vec<(usize, &PaymentRow)> {
         .iter()
         .enumerate()
         .filter_map(|(i, command)| match command {
-            Command::Guarded(LedgerGuard::Payment(row), _) => Some((i, row)),
-            Command::Linked(_) | Command::Expire(_) => None,
+            Command::Guarded(LedgerGuard::Payment(row), _) => Some((i, &**row)),
+            Command::Guarded(LedgerGuard::Spend(_), _)
+            | Command::Linked(_)
+            | Command::Expire(_) => None,
         })
         .collect()
 }

@@ -12,6 +12,17 @@
 //! Money is `u128` minor units everywhere: `NUMERIC(39,0)` on PostgreSQL (bound and read as
 //! text), canonical decimal TEXT on SQLite. No floats, and no sums in SQL.
 
+/// Run one body on whichever pool the store has (the same SQL text on both databases).
+macro_rules! on_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match &$store.db {
+            Db::Sqlite($pool) => $body,
+            Db::Postgres($pool) => $body,
+        }
+    };
+}
+
+mod agents;
 mod check;
 mod error;
 mod guard;
@@ -20,6 +31,7 @@ mod merchant;
 mod migrate;
 mod postgres;
 mod rows;
+mod spend_guard;
 mod sqlite;
 mod sweeper;
 #[cfg(feature = "test-support")]
@@ -36,14 +48,18 @@ use turnpike_ledger::{
     PendingState, Transfer, TransferError, TransferId, model::is_valid_currency,
 };
 
+pub use agents::{
+    AgentRow, AgentTokenRow, ApprovalRow, AuditFilter, AuditRow, Decided, PolicyRow, SpendRow,
+};
 pub use check::{CheckReport, Phase, Total, VIOLATIONS_LISTED_MAX, Violation};
 pub use error::StoreError;
 pub use guard::{GuardRefusal, LedgerGuard, StoreEngine};
 pub use history::{Cursor, HISTORY_PAGE_LIMIT_MAX, Page};
 pub use merchant::{
-    AgentRow, AgentTokenRow, ApiKeyRow, BindingSecretRow, Claim, Idempotency, LIST_LIMIT_MAX,
-    PaymentRow, PriceRow, TenantConflict, TenantRow,
+    ApiKeyRow, BindingSecretRow, Claim, Idempotency, LIST_LIMIT_MAX, PaymentRow, PriceRow,
+    TenantConflict, TenantRow,
 };
+pub use spend_guard::{SpendDenial, SpendGuard};
 pub use sweeper::{
     EXPIRE_BATCH_MAX, SWEEP_INTERVAL_MIN, Sweep, SweepError, spawn_expiry_sweeper, sweep_once,
 };

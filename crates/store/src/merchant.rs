@@ -9,16 +9,6 @@
 use crate::error::StoreError;
 use crate::{Db, Store};
 
-/// Run `$body` with `$pool` bound to whichever pool the store holds.
-macro_rules! on_pool {
-    ($store:expr, $pool:ident => $body:expr) => {
-        match &$store.db {
-            Db::Sqlite($pool) => $body,
-            Db::Postgres($pool) => $body,
-        }
-    };
-}
-
 /// A tenant: a merchant and/or a paying organisation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TenantRow {
@@ -146,40 +136,6 @@ pub enum Idempotency {
     Done(String),
 }
 
-/// An agent of a tenant.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AgentRow {
-    /// `agt_...`
-    pub id: String,
-    /// Owner.
-    pub tenant_id: String,
-    /// Label.
-    pub name: String,
-    /// Unix ms.
-    pub created_at: i64,
-}
-
-/// An agent token's stored form (the token itself is a signed JWT, never stored).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AgentTokenRow {
-    /// `tok_...`
-    pub id: String,
-    /// Agent.
-    pub agent_id: String,
-    /// Owner.
-    pub tenant_id: String,
-    /// Max per payment, minor units.
-    pub max_amount: Option<String>,
-    /// Its currency.
-    pub max_currency: Option<String>,
-    /// Unix ms.
-    pub expires_at: i64,
-    /// Unix ms.
-    pub created_at: i64,
-    /// Unix ms, once revoked.
-    pub revoked_at: Option<i64>,
-}
-
 /// Why a tenant could not be created.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TenantConflict {
@@ -211,17 +167,6 @@ type PaymentTuple = (
     i64,
     i64,
 );
-type AgentTokenTuple = (
-    String,
-    String,
-    String,
-    Option<String>,
-    Option<String>,
-    i64,
-    i64,
-    Option<i64>,
-);
-
 fn tenant(t: TenantTuple) -> TenantRow {
     TenantRow {
         id: t.0,
@@ -271,19 +216,6 @@ fn payment(t: PaymentTuple) -> PaymentRow {
         reference: t.11,
         created_at: t.12,
         updated_at: t.13,
-    }
-}
-
-fn agent_token(t: AgentTokenTuple) -> AgentTokenRow {
-    AgentTokenRow {
-        id: t.0,
-        agent_id: t.1,
-        tenant_id: t.2,
-        max_amount: t.3,
-        max_currency: t.4,
-        expires_at: t.5,
-        created_at: t.6,
-        revoked_at: t.7,
     }
 }
 
@@ -716,78 +648,5 @@ impl Store {
             "DELETE FROM idempotency_keys WHERE tenant_id = $1 AND key = $2 AND response IS NULL")
             .bind(tenant_id).bind(key).execute(pool).await?; });
         Ok(())
-    }
-
-    // ---- agents -------------------------------------------------------------------------
-
-    /// Create an agent.
-    pub async fn insert_agent(&self, row: &AgentRow) -> Result<(), StoreError> {
-        on_pool!(self, pool => { sqlx::query(
-            "INSERT INTO agents (id, tenant_id, name, created_at) VALUES ($1, $2, $3, $4)")
-            .bind(&row.id).bind(&row.tenant_id).bind(&row.name).bind(row.created_at).execute(pool).await?; });
-        Ok(())
-    }
-
-    /// A tenant's agents, oldest first.
-    pub async fn agents(&self, tenant_id: &str) -> Result<Vec<AgentRow>, StoreError> {
-        let sql = format!(
-            "SELECT id, tenant_id, name, created_at FROM agents WHERE tenant_id = $1 ORDER BY created_at, id LIMIT {LIST_LIMIT_MAX}"
-        );
-        let rows: Vec<(String, String, String, i64)> = on_pool!(self, pool =>
-            sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).bind(tenant_id).fetch_all(pool).await?);
-        Ok(rows
-            .into_iter()
-            .map(|r| AgentRow {
-                id: r.0,
-                tenant_id: r.1,
-                name: r.2,
-                created_at: r.3,
-            })
-            .collect())
-    }
-
-    /// One of a tenant's agents.
-    pub async fn agent(&self, tenant_id: &str, id: &str) -> Result<Option<AgentRow>, StoreError> {
-        let row: Option<(String, String, String, i64)> = on_pool!(self, pool => sqlx::query_as(
-            "SELECT id, tenant_id, name, created_at FROM agents WHERE tenant_id = $1 AND id = $2")
-            .bind(tenant_id).bind(id).fetch_optional(pool).await?);
-        Ok(row.map(|r| AgentRow {
-            id: r.0,
-            tenant_id: r.1,
-            name: r.2,
-            created_at: r.3,
-        }))
-    }
-
-    /// Record an issued agent token.
-    pub async fn insert_agent_token(&self, row: &AgentTokenRow) -> Result<(), StoreError> {
-        on_pool!(self, pool => { sqlx::query(
-            "INSERT INTO agent_tokens (id, agent_id, tenant_id, max_amount, max_currency, expires_at, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
-            .bind(&row.id).bind(&row.agent_id).bind(&row.tenant_id).bind(&row.max_amount)
-            .bind(&row.max_currency).bind(row.expires_at).bind(row.created_at).execute(pool).await?; });
-        Ok(())
-    }
-
-    /// An agent token's row by id.
-    pub async fn agent_token(&self, id: &str) -> Result<Option<AgentTokenRow>, StoreError> {
-        let row: Option<AgentTokenTuple> = on_pool!(self, pool => sqlx::query_as(
-            "SELECT id, agent_id, tenant_id, max_amount, max_currency, expires_at, created_at, revoked_at FROM agent_tokens WHERE id = $1")
-            .bind(id).fetch_optional(pool).await?);
-        Ok(row.map(agent_token))
-    }
-
-    /// Revoke one of an agent's tokens (idempotent); `None` when there is no such token.
-    pub async fn revoke_agent_token(
-        &self,
-        tenant_id: &str,
-        agent_id: &str,
-        id: &str,
-        now_ms: i64,
-    ) -> Result<Option<AgentTokenRow>, StoreError> {
-        on_pool!(self, pool => { sqlx::query(
-            "UPDATE agent_tokens SET revoked_at = $4 WHERE tenant_id = $1 AND agent_id = $2 AND id = $3 AND revoked_at IS NULL")
-            .bind(tenant_id).bind(agent_id).bind(id).bind(now_ms).execute(pool).await?; });
-        let row = self.agent_token(id).await?;
-        Ok(row.filter(|r| r.tenant_id == tenant_id && r.agent_id == agent_id))
     }
 }

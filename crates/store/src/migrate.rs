@@ -31,6 +31,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         "collation",
         include_str!("../../../migrations/sqlite/0003_collation.sql"),
     ),
+    (
+        4,
+        "spend controls",
+        include_str!("../../../migrations/sqlite/0004_spend_controls.sql"),
+    ),
 ];
 
 /// (version, description, SQL) of every PostgreSQL migration, in order.
@@ -49,6 +54,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         3,
         "collation",
         include_str!("../../../migrations/postgres/0003_collation.sql"),
+    ),
+    (
+        4,
+        "spend controls",
+        include_str!("../../../migrations/postgres/0004_spend_controls.sql"),
     ),
 ];
 

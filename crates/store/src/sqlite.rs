@@ -26,6 +26,7 @@ use crate::rows::{
     account_columns, account_from_row, amount_text, id_text, parse_pending_state,
     parse_transfer_id, transfer_columns, transfer_from_row,
 };
+use crate::spend_guard::{self, Conn};
 
 /// How long a writer waits for another connection's write lock before `SQLITE_BUSY`.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -230,7 +231,9 @@ pub(crate) async fn execute(
 ) -> Result<Vec<CommandResult<LedgerGuard>>, BackendError> {
     let db = |err: sqlx::Error| backend_error(Dialect::Sqlite, &err);
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
-    let recorded = guard::record_sqlite(&mut tx, commands).await?;
+    let mut recorded = guard::record_sqlite(&mut tx, commands).await?;
+    let spends = spend_guard::before_ledger(&mut Conn::Lite(&mut tx), commands, now_ms).await?;
+    recorded.merge(commands.len(), spends.refusals());
     let keys = BatchKeys::of(commands);
     let mut snapshot = Snapshot::default();
 
@@ -275,6 +278,14 @@ pub(crate) async fn execute(
 
     let outcome = apply_batch(&mut snapshot, commands, &recorded.refused, now_ms);
     guard::drop_failed_sqlite(&mut tx, &recorded, &outcome.results).await?;
+    spend_guard::after_ledger(
+        &mut Conn::Lite(&mut tx),
+        &spends,
+        &outcome.results,
+        &outcome.pending_updates,
+        now_ms,
+    )
+    .await?;
 
     if !outcome.new_transfers.is_empty() {
         let rows: Vec<TransferJson<'_>> = outcome.new_transfers.iter().map(Into::into).collect();

@@ -109,7 +109,7 @@ fn transfer(id: u128, debit: AccountId, credit: AccountId, amount: u128) -> Tran
 }
 
 fn payment(id: &str, challenge: &str, proof: &str) -> LedgerGuard {
-    LedgerGuard::Payment(PaymentRow {
+    LedgerGuard::Payment(Box::new(PaymentRow {
         id: id.into(),
         tenant_id: TENANT.into(),
         challenge_id: challenge.into(),
@@ -124,7 +124,7 @@ fn payment(id: &str, challenge: &str, proof: &str) -> LedgerGuard {
         reference: Some(id.into()),
         created_at: T0,
         updated_at: T0,
-    })
+    }))
 }
 
 async fn balance(store: &Store, id: AccountId) -> (u128, u128) {

@@ -37,6 +37,26 @@ pub struct VerifyBenchArgs {
     pub json: bool,
 }
 
+/// Options of `turnpike bench pay`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PayBenchArgs {
+    /// Database the server runs on.
+    #[arg(long, value_enum)]
+    pub backend: Backend,
+    /// PostgreSQL URL (required with `--backend postgres`).
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Concurrent agents (one client, one agent and one token each).
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: u32,
+    /// Seconds measured.
+    #[arg(long, default_value_t = 10)]
+    pub duration_s: u64,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// Options of the load-generating process.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LoadArgs {
@@ -55,6 +75,9 @@ pub struct LoadArgs {
     /// Request path the price matches.
     #[arg(long, default_value = "/bench/item")]
     pub path: String,
+    /// File of agent tokens, one per line; client `i` uses line `i mod n`.
+    #[arg(long)]
+    pub tokens_file: std::path::PathBuf,
 }
 
 /// What the load generator repeats.
@@ -64,6 +87,8 @@ pub enum LoadMode {
     Cycle,
     /// challenge only.
     Challenges,
+    /// challenge, agent pay (each client its own agent).
+    Pay,
 }
 
 /// Most concurrent clients.
@@ -96,7 +121,8 @@ impl Drop for Server {
 }
 
 fn start_server(
-    args: &VerifyBenchArgs,
+    backend: Backend,
+    database_url: Option<&str>,
     dir: &TempDir,
     admin_token: &str,
 ) -> anyhow::Result<Server> {
@@ -117,11 +143,9 @@ fn start_server(
         .env_remove("DATABASE_URL")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    if args.backend == Backend::Postgres {
-        let url = args
-            .database_url
-            .as_deref()
-            .context("--backend postgres needs --database-url (or DATABASE_URL)")?;
+    if backend == Backend::Postgres {
+        let url =
+            database_url.context("--backend postgres needs --database-url (or DATABASE_URL)")?;
         command.arg("--database-url").arg(url);
     }
     let mut child = command.spawn().context("starting turnpike serve")?;
@@ -175,13 +199,39 @@ async fn post(
     Ok(body)
 }
 
-/// The merchant key and agent token of a fresh setup.
+/// The merchant key and agent tokens of a fresh setup.
 struct Setup {
     merchant_key: String,
-    agent_token: String,
+    /// One line per agent.
+    tokens_file: std::path::PathBuf,
 }
 
-async fn setup(api: &str, admin_token: &str) -> anyhow::Result<Setup> {
+/// The spend policy `bench pay` gives every agent: every kind of limit, each generous enough
+/// never to deny during a run, so that every payment is evaluated in full.
+fn bench_policy(merchant_id: &str) -> Value {
+    json!({
+        "timeZone": "Europe/Berlin",
+        "maxPerPayment": [{"amount": "1000", "currency": "usd"}],
+        "budgets": [
+            {"amount": "1000000000", "currency": "usd", "period": "day"},
+            {"amount": "1000000000", "currency": "usd", "period": "rolling", "windowSeconds": 3600}
+        ],
+        "merchants": {"allow": [merchant_id]},
+        "currencies": ["usd"],
+        "velocity": {"maxPayments": 1000000, "windowSeconds": 60},
+        "approvalAbove": [{"amount": "1000", "currency": "usd"}]
+    })
+}
+
+/// A merchant with a price, a funded payer with `agents` agents (each with a token and, with
+/// `policy`, [`bench_policy`]).
+async fn setup(
+    api: &str,
+    admin_token: &str,
+    dir: &TempDir,
+    agents: u32,
+    policy: bool,
+) -> anyhow::Result<Setup> {
     let client = reqwest::Client::new();
     let tag = format!("{:x}", rand_tag());
     let merchant = post(
@@ -216,25 +266,45 @@ async fn setup(api: &str, admin_token: &str) -> anyhow::Result<Setup> {
     .await?;
     post(&client, &format!("{api}/v1/prices"), &merchant_key,
         json!({"route": {"method": "GET", "path": "/bench/{item}"}, "amount": "1", "currency": "usd"})).await?;
-    let agent = post(
-        &client,
-        &format!("{api}/v1/agents"),
-        &payer_key,
-        json!({"name": "bench agent"}),
-    )
-    .await?;
-    let agent_id = agent["id"].as_str().context("agent id")?;
-    let token = post(
-        &client,
-        &format!("{api}/v1/agents/{agent_id}/tokens"),
-        &payer_key,
-        json!({}),
-    )
-    .await?;
-    let agent_token = token["token"].as_str().context("agent token")?.to_owned();
+    let merchant_id = merchant["tenant"]["id"].as_str().context("merchant id")?;
+    let mut tokens = String::new();
+    for n in 0..agents {
+        let agent = post(
+            &client,
+            &format!("{api}/v1/agents"),
+            &payer_key,
+            json!({"name": format!("bench agent {n}")}),
+        )
+        .await?;
+        let agent_id = agent["id"].as_str().context("agent id")?;
+        if policy {
+            let response = client
+                .put(format!("{api}/v1/agents/{agent_id}/policy"))
+                .bearer_auth(&payer_key)
+                .json(&bench_policy(merchant_id))
+                .send()
+                .await?;
+            ensure!(
+                response.status().is_success(),
+                "setting the bench policy: {}",
+                response.status()
+            );
+        }
+        let token = post(
+            &client,
+            &format!("{api}/v1/agents/{agent_id}/tokens"),
+            &payer_key,
+            json!({}),
+        )
+        .await?;
+        tokens.push_str(token["token"].as_str().context("agent token")?);
+        tokens.push('\n');
+    }
+    let tokens_file = dir.path.join("bench-agent-tokens");
+    std::fs::write(&tokens_file, tokens).context("writing the agent tokens")?;
     Ok(Setup {
         merchant_key,
-        agent_token,
+        tokens_file,
     })
 }
 
@@ -242,19 +312,22 @@ fn run_load(
     api: &str,
     setup: &Setup,
     mode: LoadMode,
-    args: &VerifyBenchArgs,
+    concurrency: u32,
+    duration_s: u64,
 ) -> anyhow::Result<Value> {
     let exe = std::env::current_exe().context("locating the turnpike binary")?;
     let mode = match mode {
         LoadMode::Cycle => "cycle",
         LoadMode::Challenges => "challenges",
+        LoadMode::Pay => "pay",
     };
     let output = Command::new(exe)
         .args(["bench", "verify-load", "--api", api, "--mode", mode])
-        .args(["--concurrency", &args.concurrency.to_string()])
-        .args(["--duration-s", &args.duration_s.to_string()])
+        .args(["--concurrency", &concurrency.to_string()])
+        .args(["--duration-s", &duration_s.to_string()])
+        .arg("--tokens-file")
+        .arg(&setup.tokens_file)
         .env("TURNPIKE_BENCH_MERCHANT_KEY", &setup.merchant_key)
-        .env("TURNPIKE_BENCH_AGENT_TOKEN", &setup.agent_token)
         .stderr(Stdio::inherit())
         .output()
         .context("starting the load generator")?;
@@ -274,27 +347,26 @@ pub async fn run(args: VerifyBenchArgs) -> anyhow::Result<()> {
     );
     let dir = TempDir::new()?;
     let admin_token = format!("bench-admin-{:x}{:x}", rand_tag(), rand_tag());
-    let server = start_server(&args, &dir, &admin_token)?;
+    let server = start_server(args.backend, args.database_url.as_deref(), &dir, &admin_token)?;
     let api = server.url.clone();
-    let setup = setup(&api, &admin_token).await?;
-    let cycle = run_load(&api, &setup, LoadMode::Cycle, &args)?;
-    let challenges = run_load(&api, &setup, LoadMode::Challenges, &args)?;
+    let setup = setup(&api, &admin_token, &dir, 1, false).await?;
+    let cycle = run_load(
+        &api,
+        &setup,
+        LoadMode::Cycle,
+        args.concurrency,
+        args.duration_s,
+    )?;
+    let challenges = run_load(
+        &api,
+        &setup,
+        LoadMode::Challenges,
+        args.concurrency,
+        args.duration_s,
+    )?;
     drop(server);
-    let check = match args.backend {
-        Backend::Sqlite => {
-            turnpike_store::Store::open_sqlite(dir.path.join(crate::db::SQLITE_FILE)).await?
-        }
-        Backend::Postgres => {
-            turnpike_store::Store::open_postgres(args.database_url.as_deref().unwrap_or_default())
-                .await?
-        }
-    }
-    .check()
-    .await?;
-    let backend = match args.backend {
-        Backend::Sqlite => "sqlite",
-        Backend::Postgres => "postgres",
-    };
+    let check = ledger_check(args.backend, args.database_url.as_deref(), &dir).await?;
+    let backend = backend_name(args.backend);
     if args.json {
         println!(
             "{}",
@@ -328,6 +400,90 @@ pub async fn run(args: VerifyBenchArgs) -> anyhow::Result<()> {
             challenges["latencyMs"]["challenge"]["p99"],
             challenges["errors"]
         );
+        println!(
+            "ledger check: {}",
+            if check.is_ok() { "ok" } else { "FAILED" }
+        );
+    }
+    if !check.is_ok() {
+        bail!("the ledger check failed after the run:\n{check}");
+    }
+    Ok(())
+}
+
+async fn ledger_check(
+    backend: Backend,
+    database_url: Option<&str>,
+    dir: &TempDir,
+) -> anyhow::Result<turnpike_store::CheckReport> {
+    Ok(match backend {
+        Backend::Sqlite => {
+            turnpike_store::Store::open_sqlite(dir.path.join(crate::db::SQLITE_FILE)).await?
+        }
+        Backend::Postgres => {
+            turnpike_store::Store::open_postgres(database_url.unwrap_or_default()).await?
+        }
+    }
+    .check()
+    .await?)
+}
+
+fn backend_name(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Sqlite => "sqlite",
+        Backend::Postgres => "postgres",
+    }
+}
+
+/// `turnpike bench pay`: `/v1/agent/pay` per second with every agent under a spend policy.
+pub async fn run_pay(args: PayBenchArgs) -> anyhow::Result<()> {
+    ensure!(
+        (1..=CONCURRENCY_MAX).contains(&args.concurrency),
+        "--concurrency must be 1 to {CONCURRENCY_MAX}"
+    );
+    ensure!(
+        (1..=DURATION_S_MAX).contains(&args.duration_s),
+        "--duration-s must be 1 to {DURATION_S_MAX}"
+    );
+    let dir = TempDir::new()?;
+    let admin_token = format!("bench-admin-{:x}{:x}", rand_tag(), rand_tag());
+    let server = start_server(args.backend, args.database_url.as_deref(), &dir, &admin_token)?;
+    let api = server.url.clone();
+    let setup = setup(&api, &admin_token, &dir, args.concurrency, true).await?;
+    let pay = run_load(
+        &api,
+        &setup,
+        LoadMode::Pay,
+        args.concurrency,
+        args.duration_s,
+    )?;
+    drop(server);
+    let check = ledger_check(args.backend, args.database_url.as_deref(), &dir).await?;
+    let backend = backend_name(args.backend);
+    if args.json {
+        println!(
+            "{}",
+            json!({
+                "backend": backend, "agents": args.concurrency, "durationS": args.duration_s,
+                "pay": pay, "ledgerCheckOk": check.is_ok(),
+            })
+        );
+    } else {
+        println!(
+            "bench pay on {backend}, {} concurrent agents under a spend policy (cap, day and rolling budgets, merchant list, velocity, approval threshold), {} s",
+            args.concurrency, args.duration_s
+        );
+        println!(
+            "agent payments reserved: {} in {} s = {} /v1/agent/pay per second, {} errors",
+            pay["ok"], pay["elapsedS"], pay["perSecond"], pay["errors"]
+        );
+        for step in ["challenge", "pay"] {
+            let s = &pay["latencyMs"][step];
+            println!(
+                "  {step:<9} latency p50 {} ms, p99 {} ms, max {} ms",
+                s["p50"], s["p99"], s["max"]
+            );
+        }
         println!(
             "ledger check: {}",
             if check.is_ok() { "ok" } else { "FAILED" }
@@ -411,6 +567,9 @@ async fn one_cycle(
     )
     .await?;
     s.pay.push(micros(t));
+    if args.mode == LoadMode::Pay {
+        return Ok(());
+    }
     let t = Instant::now();
     let body = json!({"authorization": paid["authorization"], "method": "GET", "path": args.path});
     let verdict = call(client, &format!("{}/v1/verify", args.api), key, &body).await?;
@@ -441,8 +600,13 @@ fn summary(mut v: Vec<u32>) -> Value {
 pub async fn load(args: LoadArgs) -> anyhow::Result<()> {
     let key = std::env::var("TURNPIKE_BENCH_MERCHANT_KEY")
         .context("TURNPIKE_BENCH_MERCHANT_KEY is not set")?;
-    let token = std::env::var("TURNPIKE_BENCH_AGENT_TOKEN")
-        .context("TURNPIKE_BENCH_AGENT_TOKEN is not set")?;
+    let tokens: Vec<String> = std::fs::read_to_string(&args.tokens_file)
+        .context("reading --tokens-file")?
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect();
+    ensure!(!tokens.is_empty(), "--tokens-file holds no token");
     ensure!(
         (1..=CONCURRENCY_MAX).contains(&args.concurrency),
         "--concurrency must be 1 to {CONCURRENCY_MAX}"
@@ -453,14 +617,15 @@ pub async fn load(args: LoadArgs) -> anyhow::Result<()> {
         .build()?;
     // Warm up: one cycle, so connection set-up is not measured.
     let mut warm = Samples::default();
-    one_cycle(&client, &args, &key, &token, &mut warm)
+    one_cycle(&client, &args, &key, &tokens[0], &mut warm)
         .await
         .map_err(|e| anyhow::anyhow!("warm-up failed: {e}"))?;
     let deadline = Instant::now() + Duration::from_secs(args.duration_s);
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..args.concurrency {
-        let (client, args, key, token) = (client.clone(), args.clone(), key.clone(), token.clone());
+    for i in 0..args.concurrency as usize {
+        let token = tokens[i % tokens.len()].clone();
+        let (client, args, key) = (client.clone(), args.clone(), key.clone());
         tasks.push(tokio::spawn(async move {
             let mut s = Samples::default();
             while Instant::now() < deadline {

@@ -91,6 +91,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         admin_token: Some(admin_token.clone()),
         platform_fee_bps: PLATFORM_FEE_BPS,
         upstream_timeout: Duration::from_secs(30),
+        test_clock: false,
     };
     let store = db.open(true).await?;
     let state = turnpike_server::start(store, config).await?;

@@ -89,7 +89,9 @@ enum BenchCommand {
     Ledger(bench::LedgerBenchArgs),
     /// Paid verifications and challenges per second of a real server over real HTTP.
     Verify(bench_verify::VerifyBenchArgs),
-    /// The load generator `bench verify` runs as a separate process.
+    /// `/v1/agent/pay` per second of a real server, every agent under a spend policy.
+    Pay(bench_verify::PayBenchArgs),
+    /// The load generator `bench verify` and `bench pay` run as a separate process.
     #[command(hide = true)]
     VerifyLoad(bench_verify::LoadArgs),
 }
@@ -156,6 +158,9 @@ fn main() -> ExitCode {
         Command::Bench {
             command: BenchCommand::Verify(args),
         } => block_on(bench_verify::run(args)),
+        Command::Bench {
+            command: BenchCommand::Pay(args),
+        } => block_on(bench_verify::run_pay(args)),
         Command::Bench {
             command: BenchCommand::VerifyLoad(args),
         } => block_on(bench_verify::load(args)),

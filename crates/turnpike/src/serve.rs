@@ -30,6 +30,10 @@ pub struct ServeArgs {
     /// Longest wait for a gateway upstream, in seconds.
     #[arg(long, default_value_t = 30)]
     pub upstream_timeout_s: u64,
+    /// For tests only: the clock stands still and moves only by `POST /v1/admin/clock`
+    /// (needs TURNPIKE_ADMIN_TOKEN).
+    #[arg(long, hide = true)]
+    pub test_clock: bool,
 }
 
 impl ServeArgs {
@@ -60,6 +64,7 @@ impl ServeArgs {
             admin_token,
             platform_fee_bps: self.platform_fee_bps,
             upstream_timeout: Duration::from_secs(self.upstream_timeout_s.clamp(1, 600)),
+            test_clock: self.test_clock,
         })
     }
 }
@@ -149,6 +154,7 @@ pub async fn tenant_create(args: TenantCreateArgs) -> anyhow::Result<()> {
         admin_token: None,
         platform_fee_bps: 0,
         upstream_timeout: Duration::from_secs(30),
+        test_clock: false,
     };
     let state = turnpike_server::start(store, config).await?;
     let input = NewTenant {

@@ -1273,12 +1273,12 @@ async fn insufficient_balance_and_over_max_per_payment_reserve_nothing(db: &Test
             json!({"maxPerPayment": {"amount": "100000", "currency": "eur"}}),
         )
         .await;
-    for token in [&capped, &capped_eur] {
-        s.server
-            .pay(token, &big)
-            .await
-            .expect_problem(403, &tp("over-max-per-payment"));
-    }
+    let problem = s
+        .server
+        .pay(&capped, &big)
+        .await
+        .expect_problem(403, &tp("policy-denied"));
+    assert_eq!(problem["reason"], "over_max_per_payment");
     let balance = s.server.balance(&s.payer.tenant, "payer_balance").await;
     assert_eq!((balance.available, balance.debits_pending), (CREDIT, 0));
 
@@ -1289,6 +1289,13 @@ async fn insufficient_balance_and_over_max_per_payment_reserve_nothing(db: &Test
     assert_eq!(
         (balance.available, balance.debits_pending),
         (CREDIT - 100, 100)
+    );
+    // A cap in another currency does not limit this one: the euro-capped token pays dollars.
+    s.server.pay(&capped_eur, &big).await.expect_status(200);
+    let balance = s.server.balance(&s.payer.tenant, "payer_balance").await;
+    assert_eq!(
+        (balance.available, balance.debits_pending),
+        (CREDIT - 5100, 5100)
     );
     assert!(s.server.payments(&s.merchant).await.is_empty());
     s.server.assert_ledger_consistent().await;

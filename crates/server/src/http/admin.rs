@@ -22,6 +22,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/admin/tenants", post(create))
         .route("/v1/admin/tenants/{id}/credit", post(credit))
+        .route("/v1/admin/clock", post(clock))
 }
 
 /// A tenant to create.
@@ -198,4 +199,41 @@ async fn credit(
     Ok(axum::Json(
         json!({"account": super::tenant::account_json(&account)}),
     ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ClockInput {
+    #[serde(default)]
+    now_ms: Option<i64>,
+    #[serde(default)]
+    advance_ms: Option<i64>,
+}
+
+/// `POST /v1/admin/clock` `{"nowMs"}` or `{"advanceMs"}`: move a test clock (only on a server
+/// started with `--test-clock`; 404 otherwise). Time never moves backwards.
+async fn clock(
+    _admin: Admin,
+    State(state): State<AppState>,
+    Json(input): Json<ClockInput>,
+) -> ApiResult<axum::Json<Value>> {
+    let clock = state
+        .test_clock
+        .clone()
+        .ok_or_else(|| ApiError::not_found("test clock (the server runs on real time)"))?;
+    let now = state.now_ms();
+    let target = match (input.now_ms, input.advance_ms) {
+        (Some(at), None) => at,
+        (None, Some(by)) if by >= 0 => now.saturating_add(by),
+        _ => {
+            return Err(ApiError::invalid(
+                "give exactly one of `nowMs` and `advanceMs` (not negative)",
+            ));
+        }
+    };
+    if target < now {
+        return Err(ApiError::invalid("the clock never moves backwards"));
+    }
+    clock.set(target);
+    Ok(axum::Json(json!({"nowMs": target, "now": rfc3339(target)})))
 }

@@ -4,20 +4,22 @@
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{delete, post};
+use axum::routing::{delete, get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use turnpike_ledger::{AccountKind, TransferError, TransferRequest};
+use turnpike_policy::policy::TokenLimits;
 use turnpike_policy::{AgentTokenClaims, GrantClaims, Money};
 use turnpike_protocol::charge::parse_amount_minor;
 use turnpike_protocol::{Challenge, ChallengeEcho, Credential, parse_challenges_from_lines};
-use turnpike_store::{AgentRow, AgentTokenRow};
+use turnpike_store::{AgentRow, AgentTokenRow, ApprovalRow, GuardRefusal, LedgerGuard, SpendGuard};
 
 use super::{Json, rfc3339};
 use crate::auth::{AgentAuth, TenantAuth};
 use crate::error::{ApiError, ApiResult};
 use crate::ids;
 use crate::method_turnpike::{RESERVATION_GRACE_MS, codes, reservation_id};
+use crate::spend::{self, limits_input};
 use crate::state::AppState;
 
 /// Longest agent token lifetime (one year).
@@ -27,17 +29,43 @@ pub const TOKEN_TTL_S_DEFAULT: i64 = 86_400;
 /// Most challenge header values one pay call reads.
 pub const CHALLENGE_VALUES_MAX: usize = 16;
 
-/// `/v1/agents...`, `/v1/agent/pay`.
+/// `/v1/agents...`, `/v1/agent/tokens`, `/v1/agent/pay`.
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/agents", post(create).get(list))
-        .route("/v1/agents/{id}/tokens", post(create_token))
+        .route("/v1/agents/{id}", get(read))
+        .route(
+            "/v1/agents/{id}/tokens",
+            post(create_token).get(list_tokens).delete(revoke_all),
+        )
         .route("/v1/agents/{id}/tokens/{token_id}", delete(revoke_token))
+        .route("/v1/agent/tokens", post(create_child_token))
         .route("/v1/agent/pay", post(pay))
 }
 
 fn agent_json(a: &AgentRow) -> Value {
-    json!({"id": a.id, "name": a.name, "createdAt": rfc3339(a.created_at)})
+    json!({
+        "id": a.id, "name": a.name, "policyVersion": a.policy_version,
+        "createdAt": rfc3339(a.created_at),
+    })
+}
+
+fn token_json(t: &AgentTokenRow) -> Value {
+    let limits = t
+        .limits
+        .as_deref()
+        .and_then(|l| serde_json::from_str::<Value>(l).ok())
+        .map(|mut l| {
+            if let Some(map) = l.as_object_mut() {
+                map.remove("expiresAtS");
+            }
+            l
+        });
+    json!({
+        "id": t.id, "agentId": t.agent_id, "parentId": t.parent_id, "limits": limits,
+        "expiresAt": rfc3339(t.expires_at), "revokedAt": t.revoked_at.map(rfc3339),
+        "createdAt": rfc3339(t.created_at),
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -61,6 +89,7 @@ async fn create(
         id: ids::new_id("agt"),
         tenant_id: auth.tenant.id.clone(),
         name: name.to_owned(),
+        policy_version: 0,
         created_at: state.now_ms(),
     };
     state.store.insert_agent(&row).await?;
@@ -74,13 +103,110 @@ async fn list(auth: TenantAuth, State(state): State<AppState>) -> ApiResult<axum
     ))
 }
 
+async fn read(
+    auth: TenantAuth,
+    State(state): State<AppState>,
+    Path(agent_id): Path<String>,
+) -> ApiResult<axum::Json<Value>> {
+    let agent = state
+        .store
+        .agent(&auth.tenant.id, &agent_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("agent"))?;
+    Ok(axum::Json(agent_json(&agent)))
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct NewToken {
     #[serde(default)]
+    limits: Option<Value>,
+    /// Shorthand for `limits.maxPerPayment` with one entry.
+    #[serde(default)]
     max_per_payment: Option<Money>,
     #[serde(default)]
     ttl_s: Option<i64>,
+}
+
+fn ttl_of(input: &NewToken) -> ApiResult<i64> {
+    let ttl_s = input.ttl_s.unwrap_or(TOKEN_TTL_S_DEFAULT);
+    if !(1..=TOKEN_TTL_S_MAX).contains(&ttl_s) {
+        return Err(ApiError::invalid(format!(
+            "`ttlS` must be between 1 and {TOKEN_TTL_S_MAX}"
+        )));
+    }
+    Ok(ttl_s)
+}
+
+/// The limits a new token asks for, with its expiry (`None`: no `limits` given).
+fn requested_limits(input: &NewToken, expires_at_s: i64) -> ApiResult<Option<TokenLimits>> {
+    match (&input.limits, &input.max_per_payment) {
+        (Some(_), Some(_)) => Err(ApiError::invalid(
+            "give `limits` or its shorthand `maxPerPayment`, not both",
+        )),
+        (Some(limits), None) => limits_input(Some(limits), expires_at_s).map(Some),
+        (None, Some(max)) => {
+            limits_input(Some(&json!({"maxPerPayment": [max]})), expires_at_s).map(Some)
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// Store a token row and sign its JWT.
+async fn issue(
+    state: &AppState,
+    agent_id: &str,
+    tenant_id: &str,
+    parent: Option<&AgentTokenRow>,
+    limits: Option<TokenLimits>,
+    ttl_s: i64,
+) -> ApiResult<(StatusCode, axum::Json<Value>)> {
+    let now_ms = state.now_ms();
+    let now_s = now_ms.div_euclid(1000);
+    let id = ids::new_id("tok");
+    let limits_json = limits
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(|_| ApiError::internal())?;
+    let row = AgentTokenRow {
+        id: id.clone(),
+        agent_id: agent_id.to_owned(),
+        tenant_id: tenant_id.to_owned(),
+        parent_id: parent.map(|p| p.id.clone()),
+        lineage: match parent {
+            Some(p) => format!("{}/{id}", p.lineage),
+            None => id.clone(),
+        },
+        limits: limits_json,
+        expires_at: (now_s + ttl_s) * 1000,
+        created_at: now_ms,
+        revoked_at: None,
+    };
+    state.store.insert_agent_token(&row).await?;
+    let policy_version = state
+        .store
+        .agent(tenant_id, agent_id)
+        .await?
+        .map_or(0, |a| a.policy_version);
+    let claims = AgentTokenClaims {
+        iss: state.config.public_url.clone(),
+        sub: agent_id.to_owned(),
+        tid: tenant_id.to_owned(),
+        jti: row.id.clone(),
+        iat: now_s,
+        exp: now_s + ttl_s,
+        pv: policy_version,
+        par: row.parent_id.clone(),
+        lim: limits,
+    };
+    let token = state.keys().sign_agent_token(&claims);
+    let mut body = token_json(&row);
+    if let Some(map) = body.as_object_mut() {
+        map.insert("token".into(), Value::String(token));
+        map.remove("revokedAt");
+    }
+    Ok((StatusCode::CREATED, axum::Json(body)))
 }
 
 async fn create_token(
@@ -95,51 +221,76 @@ async fn create_token(
         .agent(&auth.tenant.id, &agent_id)
         .await?
         .ok_or_else(|| ApiError::not_found("agent"))?;
-    let ttl_s = input.ttl_s.unwrap_or(TOKEN_TTL_S_DEFAULT);
-    if !(1..=TOKEN_TTL_S_MAX).contains(&ttl_s) {
-        return Err(ApiError::invalid(format!(
-            "`ttlS` must be between 1 and {TOKEN_TTL_S_MAX}"
-        )));
-    }
-    if let Some(max) = &input.max_per_payment {
-        let amount_ok = parse_amount_minor(&max.amount).is_some();
-        let currency_ok = crate::catalog::is_currency_code(&max.currency);
-        if !amount_ok || !currency_ok {
-            return Err(ApiError::invalid(
-                "`maxPerPayment` must be {\"amount\": minor units as a string, \"currency\": lowercase code}",
-            ));
+    let ttl_s = ttl_of(&input)?;
+    let expires_at_s = state.now_ms().div_euclid(1000) + ttl_s;
+    let limits = requested_limits(&input, expires_at_s)?;
+    issue(&state, &agent.id, &auth.tenant.id, None, limits, ttl_s).await
+}
+
+/// `POST /v1/agent/tokens`: a token mints a child for a sub-agent, narrower or equal.
+async fn create_child_token(
+    agent: AgentAuth,
+    State(state): State<AppState>,
+    body: axum::body::Bytes,
+) -> ApiResult<(StatusCode, axum::Json<Value>)> {
+    let input: NewToken = super::optional_json(&body)?;
+    let parent = &agent.token;
+    let now_s = state.now_ms().div_euclid(1000);
+    let parent_expires_s = parent.expires_at.div_euclid(1000);
+    let ttl_s = match input.ttl_s {
+        Some(_) => ttl_of(&input)?,
+        // By default a child lives as long as its parent.
+        None => (parent_expires_s - now_s).max(1),
+    };
+    let expires_at_s = now_s + ttl_s;
+    let parent_limits = match &parent.limits {
+        Some(json) => {
+            let mut limits: TokenLimits =
+                serde_json::from_str(json).map_err(|_| ApiError::internal())?;
+            limits.expires_at_s = parent_expires_s;
+            limits
         }
+        None => limits_input(None, parent_expires_s)?,
+    };
+    let limits = match requested_limits(&input, expires_at_s)? {
+        Some(limits) => limits,
+        // No limits given: the parent's, with the child's expiry.
+        None => TokenLimits {
+            expires_at_s,
+            ..parent_limits.clone()
+        },
+    };
+    if let Err(err) = limits.narrows(&parent_limits) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "token-widens-parent",
+            format!("a child token may only narrow its parent: {err}"),
+        ));
     }
-    let now_ms = state.now_ms();
-    let now_s = now_ms.div_euclid(1000);
-    let row = AgentTokenRow {
-        id: ids::new_id("tok"),
-        agent_id: agent.id.clone(),
-        tenant_id: auth.tenant.id.clone(),
-        max_amount: input.max_per_payment.as_ref().map(|m| m.amount.clone()),
-        max_currency: input.max_per_payment.as_ref().map(|m| m.currency.clone()),
-        expires_at: (now_s + ttl_s) * 1000,
-        created_at: now_ms,
-        revoked_at: None,
-    };
-    state.store.insert_agent_token(&row).await?;
-    let claims = AgentTokenClaims {
-        iss: state.config.public_url.clone(),
-        sub: agent.id.clone(),
-        tid: auth.tenant.id.clone(),
-        jti: row.id.clone(),
-        iat: now_s,
-        exp: now_s + ttl_s,
-        max: input.max_per_payment.clone(),
-    };
-    let token = state.keys().sign_agent_token(&claims);
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(json!({
-            "id": row.id, "agentId": agent.id, "token": token,
-            "maxPerPayment": input.max_per_payment,
-            "expiresAt": rfc3339(row.expires_at),
-        })),
+    issue(
+        &state,
+        &agent.claims.sub,
+        &agent.claims.tid,
+        Some(parent),
+        Some(limits),
+        ttl_s,
+    )
+    .await
+}
+
+async fn list_tokens(
+    auth: TenantAuth,
+    State(state): State<AppState>,
+    Path(agent_id): Path<String>,
+) -> ApiResult<axum::Json<Value>> {
+    state
+        .store
+        .agent(&auth.tenant.id, &agent_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("agent"))?;
+    let rows = state.store.agent_tokens(&auth.tenant.id, &agent_id).await?;
+    Ok(axum::Json(
+        json!({"data": rows.iter().map(token_json).collect::<Vec<_>>()}),
     ))
 }
 
@@ -158,10 +309,30 @@ async fn revoke_token(
     ))
 }
 
+async fn revoke_all(
+    auth: TenantAuth,
+    State(state): State<AppState>,
+    Path(agent_id): Path<String>,
+) -> ApiResult<axum::Json<Value>> {
+    state
+        .store
+        .agent(&auth.tenant.id, &agent_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("agent"))?;
+    let revoked = state
+        .store
+        .revoke_agent_tokens(&auth.tenant.id, &agent_id, state.now_ms())
+        .await?;
+    Ok(axum::Json(json!({"revoked": revoked})))
+}
+
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct PayInput {
     challenges: Vec<String>,
+    /// An approval the owner granted for this payment (after a `202 approval-required`).
+    #[serde(default)]
+    approval_id: Option<String>,
 }
 
 /// A `turnpike` challenge this platform issued and can pay.
@@ -239,7 +410,7 @@ async fn pay(
     agent: AgentAuth,
     State(state): State<AppState>,
     Json(input): Json<PayInput>,
-) -> ApiResult<axum::Json<Value>> {
+) -> ApiResult<(StatusCode, axum::Json<Value>)> {
     if input.challenges.is_empty() || input.challenges.len() > CHALLENGE_VALUES_MAX {
         return Err(ApiError::invalid(format!(
             "`challenges` holds 1 to {CHALLENGE_VALUES_MAX} WWW-Authenticate values"
@@ -276,31 +447,20 @@ async fn pay(
             "an organisation cannot pay itself",
         ));
     }
-    check_max(&agent.claims, payable.amount, &payable.currency)?;
-    reserve_and_grant(&state, &agent, payable)
+    reserve_and_grant(&state, &agent, payable, input.approval_id)
         .await
-        .map(axum::Json)
+        .map(|(status, body)| (status, axum::Json(body)))
 }
 
-fn check_max(claims: &AgentTokenClaims, amount: u128, currency: &str) -> ApiResult<()> {
-    let Some(max) = &claims.max else {
-        return Ok(());
-    };
-    let max_amount = parse_amount_minor(&max.amount).unwrap_or(0);
-    if max.currency != currency || amount > max_amount {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "over-max-per-payment",
-            format!(
-                "the payment ({amount} {currency}) is over this token's maximum per payment ({} {})",
-                max.amount, max.currency
-            ),
-        ));
-    }
-    Ok(())
-}
+/// Most evaluations of one payment when the agent's policy changes meanwhile.
+const POLICY_ATTEMPTS_MAX: u32 = 3;
 
-async fn reserve_and_grant(state: &AppState, agent: &AgentAuth, p: Payable) -> ApiResult<Value> {
+async fn reserve_and_grant(
+    state: &AppState,
+    agent: &AgentAuth,
+    p: Payable,
+    approval_id: Option<String>,
+) -> ApiResult<(StatusCode, Value)> {
     let payer = agent.claims.tid.clone();
     let balance = state
         .account(&payer, AccountKind::PayerBalance, &p.currency)
@@ -311,12 +471,39 @@ async fn reserve_and_grant(state: &AppState, agent: &AgentAuth, p: Payable) -> A
     // One reservation per (payer, challenge): asking again returns the same grant.
     let reservation = reservation_id(&payer, &p.challenge.id);
     let grant_expires_ms = p.expires_at_ms.saturating_add(RESERVATION_GRACE_MS);
-    let timeout_ms = u64::try_from(grant_expires_ms - state.now_ms())
-        .unwrap_or(1)
-        .max(1);
-    let result = state
-        .engine
-        .transfer(TransferRequest::Transfer {
+    if let Some(id) = &approval_id {
+        check_approval(state, agent, &p, id).await?;
+    }
+    let chain = spend::token_chain(state, &agent.token).await?;
+    let mut fresh = false;
+    let mut attempt = 0;
+    let result = loop {
+        attempt += 1;
+        let policy = spend::agent_policy(state, &payer, &agent.claims.sub, fresh)
+            .await?
+            .ok_or_else(|| ApiError::unauthorized("agent token: the agent no longer exists"))?;
+        let timeout_ms = u64::try_from(grant_expires_ms - state.now_ms())
+            .unwrap_or(1)
+            .max(1);
+        let guard = SpendGuard {
+            spend_id: reservation,
+            audit_id: ids::new_id("aud"),
+            tenant_id: payer.clone(),
+            agent_id: agent.claims.sub.clone(),
+            token_id: agent.token.id.clone(),
+            lineage: agent.token.lineage.clone(),
+            chain: chain.clone(),
+            policy_version: policy.version,
+            policy: policy.compiled,
+            challenge_id: p.challenge.id.clone(),
+            merchant_id: p.recipient.clone(),
+            merchant_realm: p.challenge.realm.clone(),
+            method: p.challenge.method.clone(),
+            amount: p.amount,
+            currency: p.currency.clone(),
+            approval_id: approval_id.clone(),
+        };
+        let reserve = TransferRequest::Transfer {
             id: reservation,
             debit_account_id: balance,
             credit_account_id: revenue,
@@ -325,12 +512,28 @@ async fn reserve_and_grant(state: &AppState, agent: &AgentAuth, p: Payable) -> A
             timeout_ms: Some(timeout_ms),
             code: codes::RESERVE,
             user_data: Some(p.challenge.id.chars().take(200).collect()),
-        })
-        .await
-        .map_err(|err| {
-            tracing::error!(error = %err, "ledger failed while reserving");
-            ApiError::unavailable("the ledger failed; nothing was reserved")
-        })?;
+        };
+        let outcome = state
+            .engine
+            .guarded(LedgerGuard::Spend(Box::new(guard)), vec![reserve])
+            .await
+            .map_err(|err| {
+                tracing::error!(error = %err, "ledger failed while reserving");
+                ApiError::unavailable("the ledger failed; nothing was reserved")
+            })?;
+        match outcome {
+            Ok(mut results) => {
+                break results
+                    .pop()
+                    .unwrap_or(Err(TransferError::LinkedEventFailed));
+            }
+            Err(GuardRefusal::PolicyChanged) if attempt < POLICY_ATTEMPTS_MAX => fresh = true,
+            Err(GuardRefusal::NeedsApproval(detail)) => {
+                return hold_for_approval(state, agent, &p, detail).await;
+            }
+            Err(refusal) => return Err(denial(state, refusal)),
+        }
+    };
     let (reserved, created) = match result {
         Ok(posted) => (posted.transfer, posted.created),
         Err(TransferError::ExceedsCredits) => {
@@ -414,13 +617,117 @@ async fn reserve_and_grant(state: &AppState, agent: &AgentAuth, p: Payable) -> A
             .collect(),
     };
     tracing::info!(agent = %agent.claims.sub, recipient = %p.recipient, "reserved a payment");
-    Ok(json!({
-        "authorization": credential.to_header_value(),
-        "challengeId": c.id,
-        "amount": p.amount.to_string(),
-        "currency": p.currency,
-        "recipient": p.recipient,
-        "reservationId": reservation.to_string(),
-        "expiresAt": rfc3339(reserved.expires_at_ms.unwrap_or(grant_expires_ms)),
-    }))
+    Ok((
+        StatusCode::OK,
+        json!({
+            "authorization": credential.to_header_value(),
+            "challengeId": c.id,
+            "amount": p.amount.to_string(),
+            "currency": p.currency,
+            "recipient": p.recipient,
+            "reservationId": reservation.to_string(),
+            "expiresAt": rfc3339(reserved.expires_at_ms.unwrap_or(grant_expires_ms)),
+        }),
+    ))
+}
+
+/// A refused spend guard as the agent's error.
+fn denial(state: &AppState, refusal: GuardRefusal) -> ApiError {
+    match refusal {
+        GuardRefusal::Denied(d) => {
+            let status = if d.reason == "token_revoked" {
+                StatusCode::UNAUTHORIZED
+            } else {
+                StatusCode::FORBIDDEN
+            };
+            let mut err = ApiError::new(status, "policy-denied", d.detail)
+                .with("reason", Value::String(d.reason));
+            if let Some(at) = d.retry_at_ms {
+                let wait_ms = (at - state.now_ms()).max(0);
+                err = err
+                    .with("retryAt", Value::String(rfc3339(at)))
+                    .retry_after(u64::try_from((wait_ms + 999) / 1000).unwrap_or(0));
+            }
+            err
+        }
+        GuardRefusal::ApprovalInvalid => ApiError::new(
+            StatusCode::CONFLICT,
+            "approval-invalid",
+            "the approval is not granted for this payment, was used, or has expired",
+        ),
+        GuardRefusal::PolicyChanged => ApiError::unavailable(
+            "the agent's policy kept changing while this payment was evaluated; retry",
+        ),
+        GuardRefusal::PaymentTaken | GuardRefusal::NeedsApproval(_) => ApiError::internal(),
+    }
+}
+
+/// Longest an approval stays open (it also ends with its challenge).
+pub const APPROVAL_TTL_MS: i64 = 15 * 60 * 1000;
+
+/// Record a held payment and answer `202 approval-required`.
+async fn hold_for_approval(
+    state: &AppState,
+    agent: &AgentAuth,
+    p: &Payable,
+    detail: String,
+) -> ApiResult<(StatusCode, Value)> {
+    let now_ms = state.now_ms();
+    let row = ApprovalRow {
+        id: ids::new_id("apr"),
+        tenant_id: agent.claims.tid.clone(),
+        agent_id: agent.claims.sub.clone(),
+        token_id: agent.token.id.clone(),
+        challenge_id: p.challenge.id.clone(),
+        merchant_id: p.recipient.clone(),
+        merchant_realm: p.challenge.realm.clone(),
+        amount: p.amount.to_string(),
+        currency: p.currency.clone(),
+        method: p.challenge.method.clone(),
+        state: "pending".into(),
+        created_at: now_ms,
+        expires_at: p.expires_at_ms.min(now_ms.saturating_add(APPROVAL_TTL_MS)),
+        decided_at: None,
+        used_at: None,
+    };
+    state.store.insert_approval(&row).await?;
+    let err = ApiError::new(StatusCode::ACCEPTED, "approval-required", detail)
+        .with("approvalId", Value::String(row.id.clone()))
+        .with("expiresAt", Value::String(rfc3339(row.expires_at)));
+    Ok((StatusCode::ACCEPTED, err.body()))
+}
+
+/// An approval the agent names must be this agent's, for this challenge and terms, approved
+/// and unexpired (the ledger transaction checks it again and uses it up).
+async fn check_approval(
+    state: &AppState,
+    agent: &AgentAuth,
+    p: &Payable,
+    id: &str,
+) -> ApiResult<()> {
+    let approval = state
+        .store
+        .approval(&agent.claims.tid, id)
+        .await?
+        .filter(|a| a.agent_id == agent.claims.sub)
+        .ok_or_else(|| ApiError::not_found("approval"))?;
+    let same = approval.challenge_id == p.challenge.id
+        && approval.amount == p.amount.to_string()
+        && approval.currency == p.currency
+        && approval.merchant_id == p.recipient;
+    if !same {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "approval-invalid",
+            "the approval was given for another payment",
+        ));
+    }
+    match approval.state_at(state.now_ms()) {
+        "approved" => Ok(()),
+        other => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "approval-invalid",
+            format!("the approval is {other}"),
+        )),
+    }
 }

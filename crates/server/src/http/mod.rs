@@ -13,6 +13,7 @@ pub mod gateway;
 pub mod health;
 pub mod payments;
 pub mod prices;
+pub mod spend;
 pub mod tenant;
 
 /// Every route.
@@ -24,6 +25,7 @@ pub fn router() -> Router<AppState> {
         .merge(prices::router())
         .merge(payments::router())
         .merge(agents::router())
+        .merge(spend::router())
         .merge(gateway::router())
 }
 

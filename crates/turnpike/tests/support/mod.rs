@@ -95,6 +95,9 @@ pub struct Options {
     pub admin: bool,
     /// `--platform-fee-bps`.
     pub fee_bps: u32,
+    /// `--test-clock`: time stands still and moves only by [`Server::set_clock`] /
+    /// [`Server::advance_clock`] (needs `admin`).
+    pub test_clock: bool,
 }
 
 impl Default for Options {
@@ -102,6 +105,7 @@ impl Default for Options {
         Self {
             admin: true,
             fee_bps: FEE_BPS,
+            test_clock: false,
         }
     }
 }
@@ -259,6 +263,9 @@ impl Server {
         if options.admin {
             cmd.env("TURNPIKE_ADMIN_TOKEN", ADMIN_TOKEN);
         }
+        if options.test_clock {
+            cmd.arg("--test-clock");
+        }
         let mut child = cmd.spawn().expect("spawn `turnpike serve`");
         let stderr = child.stderr.take().expect("piped stderr");
         let log = Arc::new(Mutex::new(String::new()));
@@ -391,6 +398,20 @@ impl Server {
     pub fn gateway(&self, method: Method, slug: &str, path: &str) -> reqwest::RequestBuilder {
         self.http
             .request(method, format!("{}/gw/{slug}{path}", self.url))
+    }
+
+    /// Set a `--test-clock` server's time (unix ms; never backwards).
+    pub async fn set_clock(&self, now_ms: i64) {
+        self.post("/v1/admin/clock", ADMIN_TOKEN, json!({"nowMs": now_ms}))
+            .await
+            .expect_status(200);
+    }
+
+    /// Move a `--test-clock` server's time forward by `ms`.
+    pub async fn advance_clock(&self, ms: i64) {
+        self.post("/v1/admin/clock", ADMIN_TOKEN, json!({"advanceMs": ms}))
+            .await
+            .expect_status(200);
     }
 
     /// Create a tenant through the operator API.
