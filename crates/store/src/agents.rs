@@ -556,13 +556,27 @@ impl Store {
         Ok(row.map(approval))
     }
 
-    /// A tenant's approvals, newest first.
-    pub async fn approvals(&self, tenant_id: &str) -> Result<Vec<ApprovalRow>, StoreError> {
+    /// A tenant's approvals, newest first; with `state`, only those in that state as of
+    /// `now_ms` (`expired`: pending or approved past their expiry).
+    pub async fn approvals(
+        &self,
+        tenant_id: &str,
+        state: Option<&str>,
+        now_ms: i64,
+    ) -> Result<Vec<ApprovalRow>, StoreError> {
+        let condition = match state {
+            None => "",
+            Some("expired") => " AND state IN ('pending', 'approved') AND expires_at <= $3",
+            Some("pending" | "approved") => " AND state = $2 AND expires_at > $3",
+            Some(_) => " AND state = $2",
+        };
         let sql = format!(
-            "SELECT {APPROVAL_COLUMNS} FROM approvals WHERE tenant_id = $1 ORDER BY created_at DESC, id DESC LIMIT {LIST_LIMIT_MAX}"
+            "SELECT {APPROVAL_COLUMNS} FROM approvals WHERE tenant_id = $1 AND CAST($2 AS TEXT) IS NOT NULL AND CAST($3 AS BIGINT) IS NOT NULL{condition} ORDER BY created_at DESC, id DESC LIMIT {LIST_LIMIT_MAX}"
         );
+        let state = state.unwrap_or_default();
         let rows: Vec<ApprovalTuple> = on_pool!(self, pool =>
-            sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).bind(tenant_id).fetch_all(pool).await?);
+            sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(tenant_id).bind(state).bind(now_ms).fetch_all(pool).await?);
         Ok(rows.into_iter().map(approval).collect())
     }
 

@@ -347,7 +347,12 @@ pub async fn run(args: VerifyBenchArgs) -> anyhow::Result<()> {
     );
     let dir = TempDir::new()?;
     let admin_token = format!("bench-admin-{:x}{:x}", rand_tag(), rand_tag());
-    let server = start_server(args.backend, args.database_url.as_deref(), &dir, &admin_token)?;
+    let server = start_server(
+        args.backend,
+        args.database_url.as_deref(),
+        &dir,
+        &admin_token,
+    )?;
     let api = server.url.clone();
     let setup = setup(&api, &admin_token, &dir, 1, false).await?;
     let cycle = run_load(
@@ -447,7 +452,12 @@ pub async fn run_pay(args: PayBenchArgs) -> anyhow::Result<()> {
     );
     let dir = TempDir::new()?;
     let admin_token = format!("bench-admin-{:x}{:x}", rand_tag(), rand_tag());
-    let server = start_server(args.backend, args.database_url.as_deref(), &dir, &admin_token)?;
+    let server = start_server(
+        args.backend,
+        args.database_url.as_deref(),
+        &dir,
+        &admin_token,
+    )?;
     let api = server.url.clone();
     let setup = setup(&api, &admin_token, &dir, args.concurrency, true).await?;
     let pay = run_load(

@@ -11,6 +11,7 @@ mod db;
 mod decode;
 mod demo;
 mod ledger;
+mod owner;
 mod pay;
 mod serve;
 
@@ -57,6 +58,23 @@ enum Command {
         #[command(subcommand)]
         command: BenchCommand,
     },
+    /// Agents and their tokens, over the API with a tenant secret key (TURNPIKE_API_KEY).
+    Agent {
+        #[command(subcommand)]
+        command: owner::AgentCommand,
+    },
+    /// Agents' spend policies: set, show, and dry-run against recorded decisions.
+    Policy {
+        #[command(subcommand)]
+        command: owner::PolicyCommand,
+    },
+    /// Payments held for the owner's approval.
+    Approvals {
+        #[command(subcommand)]
+        command: owner::ApprovalsCommand,
+    },
+    /// The recorded decisions of agents' payments, newest first.
+    Audit(owner::AuditArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -164,6 +182,10 @@ fn main() -> ExitCode {
         Command::Bench {
             command: BenchCommand::VerifyLoad(args),
         } => block_on(bench_verify::load(args)),
+        Command::Agent { command } => block_on(owner::agent(command)),
+        Command::Policy { command } => block_on(owner::policy(command)),
+        Command::Approvals { command } => block_on(owner::approvals(command)),
+        Command::Audit(args) => block_on(owner::audit(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -691,10 +691,13 @@ async fn hold_for_approval(
         used_at: None,
     };
     state.store.insert_approval(&row).await?;
-    let err = ApiError::new(StatusCode::ACCEPTED, "approval-required", detail)
-        .with("approvalId", Value::String(row.id.clone()))
-        .with("expiresAt", Value::String(rfc3339(row.expires_at)));
-    Ok((StatusCode::ACCEPTED, err.body()))
+    // Not a failure, but a problem document all the same (RFC 9457 allows any status): the
+    // agent must act on it.
+    Err(
+        ApiError::new(StatusCode::ACCEPTED, "approval-required", detail)
+            .with("approvalId", Value::String(row.id.clone()))
+            .with("expiresAt", Value::String(rfc3339(row.expires_at))),
+    )
 }
 
 /// An approval the agent names must be this agent's, for this challenge and terms, approved

@@ -62,6 +62,11 @@ async fn put_policy(
     Path(agent_id): Path<String>,
     Json(input): Json<Value>,
 ) -> ApiResult<axum::Json<Value>> {
+    state
+        .store
+        .agent(&auth.tenant.id, &agent_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("agent"))?;
     let (policy, _) = parse_policy(input)?;
     let text = serde_json::to_string(&policy).map_err(|_| ApiError::internal())?;
     let row = state
@@ -195,12 +200,12 @@ async fn dry_run(
             "`last` must be between 1 and {DRY_RUN_LAST_MAX}"
         )));
     }
-    let (_, proposed) = parse_policy(input.policy)?;
     state
         .store
         .agent(&auth.tenant.id, &agent_id)
         .await?
         .ok_or_else(|| ApiError::not_found("agent"))?;
+    let (_, proposed) = parse_policy(input.policy)?;
     let rows = state
         .store
         .audit(
@@ -216,7 +221,9 @@ async fn dry_run(
         rows.iter().map(|r| r.created_at).min(),
         rows.iter().map(|r| r.created_at).max(),
     ) else {
-        return Ok(axum::Json(json!({"replayed": 0, "changed": []})));
+        return Ok(axum::Json(
+            json!({"replayed": 0, "skipped": 0, "changed": []}),
+        ));
     };
     let spends = state
         .store
@@ -224,10 +231,12 @@ async fn dry_run(
         .await?;
     let mut tokens: HashMap<String, Option<(String, Option<CompiledTokenLimits>)>> = HashMap::new();
     let mut replayed = 0;
+    let mut skipped = 0;
     let mut changed = Vec::new();
     // Oldest first, as they happened.
     for row in rows.iter().rev() {
         let Some(was) = recorded(row) else {
+            skipped += 1;
             continue;
         };
         let (Some(amount), Some(currency), Some(method), Some(realm), Some(merchant)) = (
@@ -237,6 +246,7 @@ async fn dry_run(
             row.merchant_realm.as_deref(),
             row.merchant_id.as_deref(),
         ) else {
+            skipped += 1;
             continue;
         };
         let token_id = row.token_id.clone().unwrap_or_default();
@@ -279,13 +289,14 @@ async fn dry_run(
             changed.push(json!({
                 "auditId": row.id, "at": rfc3339(row.created_at), "challengeId": row.challenge_id,
                 "amount": row.amount, "currency": row.currency, "merchant": row.merchant_id,
+                "merchantRealm": row.merchant_realm,
                 "was": {"outcome": was.0, "reason": was.1},
                 "now": {"outcome": now.0, "reason": now.1},
             }));
         }
     }
     Ok(axum::Json(
-        json!({"replayed": replayed, "changed": changed}),
+        json!({"replayed": replayed, "skipped": skipped, "changed": changed}),
     ))
 }
 
@@ -318,18 +329,11 @@ async fn list_approvals(
             "`state` is one of pending, approved, rejected, expired, used",
         ));
     }
-    let rows = state.store.approvals(&auth.tenant.id).await?;
-    let now_ms = state.now_ms();
-    let data: Vec<Value> = rows
-        .iter()
-        .filter(|a| {
-            query
-                .state
-                .as_deref()
-                .is_none_or(|wanted| a.state_at(now_ms) == wanted)
-        })
-        .map(|a| approval_json(&state, a))
-        .collect();
+    let rows = state
+        .store
+        .approvals(&auth.tenant.id, query.state.as_deref(), state.now_ms())
+        .await?;
+    let data: Vec<Value> = rows.iter().map(|a| approval_json(&state, a)).collect();
     Ok(axum::Json(json!({"data": data})))
 }
 
