@@ -140,8 +140,8 @@ pub fn limits_input(input: Option<&Value>, expires_at_s: i64) -> Result<TokenLim
         ));
     }
     object.insert("expiresAtS".into(), Value::from(expires_at_s));
-    let limits: TokenLimits = serde_json::from_value(Value::Object(object))
-        .map_err(|err| ApiError::invalid(format!("`limits`: {err}")))?;
+    let limits: TokenLimits = serde_path_to_error::deserialize(Value::Object(object))
+        .map_err(|err| ApiError::invalid(format!("limits.{}: {}", err.path(), err.inner())))?;
     limits
         .validate()
         .map_err(|err| ApiError::invalid(format!("limits.{err}")))?;

@@ -68,6 +68,8 @@ pub struct SpendGuard {
     /// An approval the owner granted for this payment: a held payment then passes (every other
     /// check still applies), and the approval is used up.
     pub approval_id: Option<String>,
+    /// The id the approval will have if the payment is held (recorded in its audit row).
+    pub hold_id: String,
 }
 
 /// Why a spend guard was refused by the policy.
@@ -697,8 +699,13 @@ pub(crate) async fn after_ledger(
             }
         }
         if let Some((outcome, reason, detail)) = outcome_of(verdict, result) {
+            let approval = match verdict {
+                Verdict::Refused(GuardRefusal::NeedsApproval(_)) => Some(g.hold_id.clone()),
+                _ => g.approval_id.clone(),
+            };
             audit.push(AuditInsert {
                 g,
+                approval,
                 outcome,
                 reason,
                 detail,
@@ -717,6 +724,7 @@ pub(crate) async fn after_ledger(
 
 struct AuditInsert<'g> {
     g: &'g SpendGuard,
+    approval: Option<String>,
     outcome: &'static str,
     reason: Option<String>,
     detail: Option<String>,
@@ -764,7 +772,7 @@ async fn insert_audit(
                 .bind(col(|r| r.outcome.to_owned()))
                 .bind(opt(|r| r.reason.clone()))
                 .bind(opt(|r| r.detail.clone()))
-                .bind(opt(|r| r.g.approval_id.clone()))
+                .bind(opt(|r| r.approval.clone()))
                 .bind(vec![now_ms; rows.len()])
                 .execute(&mut **c)
                 .await
@@ -787,7 +795,7 @@ async fn insert_audit(
                     .bind(r.outcome)
                     .bind(&r.reason)
                     .bind(&r.detail)
-                    .bind(&r.g.approval_id)
+                    .bind(&r.approval)
                     .bind(now_ms)
                     .execute(&mut **c)
                     .await

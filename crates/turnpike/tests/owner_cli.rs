@@ -711,7 +711,7 @@ async fn bad_input_exits_1_with_one_error_line_and_changes_nothing(db: &TestDb) 
         .err(&["policy", "set", &agent_id, "--file", &path])
         .await;
     assert!(
-        line.starts_with("error: policy: ") && line.contains("fortnight"),
+        line.starts_with("error: policy.budgets[0].period: ") && line.contains("fortnight"),
         "{line}"
     );
     assert!(line.ends_with(" (400 invalid-request)"), "{line}");

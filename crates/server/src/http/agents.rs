@@ -475,6 +475,8 @@ async fn reserve_and_grant(
         check_approval(state, agent, &p, id).await?;
     }
     let chain = spend::token_chain(state, &agent.token).await?;
+    // The approval's id if this payment is held, known up front so its audit row names it.
+    let hold_id = ids::new_id("apr");
     let mut fresh = false;
     let mut attempt = 0;
     let result = loop {
@@ -502,6 +504,7 @@ async fn reserve_and_grant(
             amount: p.amount,
             currency: p.currency.clone(),
             approval_id: approval_id.clone(),
+            hold_id: hold_id.clone(),
         };
         let reserve = TransferRequest::Transfer {
             id: reservation,
@@ -529,7 +532,7 @@ async fn reserve_and_grant(
             }
             Err(GuardRefusal::PolicyChanged) if attempt < POLICY_ATTEMPTS_MAX => fresh = true,
             Err(GuardRefusal::NeedsApproval(detail)) => {
-                return hold_for_approval(state, agent, &p, detail).await;
+                return hold_for_approval(state, agent, &p, hold_id, detail).await;
             }
             Err(refusal) => return Err(denial(state, refusal)),
         }
@@ -670,11 +673,12 @@ async fn hold_for_approval(
     state: &AppState,
     agent: &AgentAuth,
     p: &Payable,
+    id: String,
     detail: String,
 ) -> ApiResult<(StatusCode, Value)> {
     let now_ms = state.now_ms();
     let row = ApprovalRow {
-        id: ids::new_id("apr"),
+        id,
         tenant_id: agent.claims.tid.clone(),
         agent_id: agent.claims.sub.clone(),
         token_id: agent.token.id.clone(),

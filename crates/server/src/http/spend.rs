@@ -48,8 +48,18 @@ fn policy_json(row: &PolicyRow) -> Value {
 
 /// Parse and validate a policy, with one line naming the field on failure.
 fn parse_policy(value: Value) -> ApiResult<(Policy, CompiledPolicy)> {
-    let policy: Policy =
-        serde_json::from_value(value).map_err(|err| ApiError::invalid(format!("policy: {err}")))?;
+    if !value.is_object() {
+        // serde would read an array as a struct whose fields all have defaults: `[]` as `{}`.
+        return Err(ApiError::invalid("policy: must be a JSON object"));
+    }
+    let policy: Policy = serde_path_to_error::deserialize(value).map_err(|err| {
+        let path = err.path().to_string();
+        if path == "." {
+            ApiError::invalid(format!("policy: {}", err.inner()))
+        } else {
+            ApiError::invalid(format!("policy.{path}: {}", err.inner()))
+        }
+    })?;
     let compiled = policy
         .compile()
         .map_err(|err| ApiError::invalid(format!("policy: {err}")))?;
