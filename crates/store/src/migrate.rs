@@ -36,6 +36,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         "spend controls",
         include_str!("../../../migrations/sqlite/0004_spend_controls.sql"),
     ),
+    (
+        5,
+        "spend usage index",
+        include_str!("../../../migrations/sqlite/0005_spend_usage_index.sql"),
+    ),
 ];
 
 /// (version, description, SQL) of every PostgreSQL migration, in order.
@@ -59,6 +64,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         4,
         "spend controls",
         include_str!("../../../migrations/postgres/0004_spend_controls.sql"),
+    ),
+    (
+        5,
+        "spend usage index",
+        include_str!("../../../migrations/postgres/0005_spend_usage_index.sql"),
     ),
 ];
 

@@ -477,67 +477,126 @@ fn decide(
 }
 
 /// Sum, count and oldest time per window, in `keys` order.
+/// The lineage condition of a usage query (`$p` = the window's prefix, `''` = any).
+macro_rules! lineage_matches {
+    ($p:literal) => {
+        concat!(
+            "(",
+            $p,
+            " = '' OR s.lineage = ",
+            $p,
+            " OR substr(s.lineage, 1, length(",
+            $p,
+            ") + 1) = ",
+            $p,
+            " || '/')"
+        )
+    };
+}
+
+// Budget windows name a currency: the (agent, currency, created_at) index bounds the scan to
+// the window. Velocity windows count every currency: the (agent, created_at) index does.
+const MEASURE_PG_HEAD: &str = "SELECT w.i, COALESCE(SUM(s.amount_l0), 0)::BIGINT, \
+     COALESCE(SUM(s.amount_l1), 0)::BIGINT, COALESCE(SUM(s.amount_l2), 0)::BIGINT, \
+     COUNT(s.id)::BIGINT, MIN(s.created_at) \
+     FROM unnest($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::BIGINT[], $5::BIGINT[], $6::TEXT[]) \
+     AS w(i, agent, currency, start_ms, end_ms, prefix) \
+     LEFT JOIN agent_spends s ON s.agent_id = w.agent \
+     AND s.created_at >= w.start_ms AND s.created_at < w.end_ms AND s.released_at IS NULL ";
+const MEASURE_PG_BUDGETS: &str = concat!(
+    "AND s.currency = w.currency AND ",
+    lineage_matches!("w.prefix"),
+    " GROUP BY w.i"
+);
+const MEASURE_PG_VELOCITY: &str = " GROUP BY w.i";
+const MEASURE_SQLITE_HEAD: &str = "SELECT CAST(w.key AS INTEGER), COALESCE(SUM(s.amount_l0), 0), \
+     COALESCE(SUM(s.amount_l1), 0), COALESCE(SUM(s.amount_l2), 0), COUNT(s.id), \
+     MIN(s.created_at) \
+     FROM json_each($1) AS w \
+     LEFT JOIN agent_spends s ON s.agent_id = json_extract(w.value, '$.a') \
+     AND s.created_at >= json_extract(w.value, '$.s') AND s.created_at < json_extract(w.value, '$.e') \
+     AND s.released_at IS NULL ";
+const MEASURE_SQLITE_BUDGETS: &str = concat!(
+    "AND s.currency = json_extract(w.value, '$.c') AND ",
+    lineage_matches!("json_extract(w.value, '$.p')"),
+    " GROUP BY w.key"
+);
+const MEASURE_SQLITE_VELOCITY: &str = " GROUP BY w.key";
+
+/// Sum, count and oldest time per window, in `keys` order.
 async fn measure(conn: &mut Conn<'_>, keys: &[WindowKey]) -> Result<Vec<Measured>, BackendError> {
-    if keys.is_empty() {
-        return Ok(Vec::new());
+    let mut out = vec![Measured::default(); keys.len()];
+    let (velocity, budgets): (Vec<usize>, Vec<usize>) =
+        (0..keys.len()).partition(|&i| keys[i].c.is_empty());
+    for (indices, any_currency) in [(budgets, false), (velocity, true)] {
+        if indices.is_empty() {
+            continue;
+        }
+        let subset: Vec<&WindowKey> = indices.iter().map(|&i| &keys[i]).collect();
+        for (at, measured) in measure_some(conn, &subset, any_currency).await? {
+            if let Some(slot) = indices.get(at).and_then(|&i| out.get_mut(i)) {
+                *slot = measured;
+            }
+        }
     }
+    Ok(out)
+}
+
+async fn measure_some(
+    conn: &mut Conn<'_>,
+    keys: &[&WindowKey],
+    any_currency: bool,
+) -> Result<Vec<(usize, Measured)>, BackendError> {
     let err = db_err(conn);
     type Row = (i64, i64, i64, i64, i64, Option<i64>);
     let rows: Vec<Row> = match conn {
         Conn::Pg(c) => {
+            let tail = if any_currency {
+                MEASURE_PG_VELOCITY
+            } else {
+                MEASURE_PG_BUDGETS
+            };
+            let sql = format!("{MEASURE_PG_HEAD}{tail}");
             let n = i64::try_from(keys.len()).unwrap_or(i64::MAX);
-            sqlx::query_as::<_, Row>(
-                "SELECT w.i, COALESCE(SUM(s.amount_l0), 0)::BIGINT, COALESCE(SUM(s.amount_l1), 0)::BIGINT, \
-                 COALESCE(SUM(s.amount_l2), 0)::BIGINT, COUNT(s.id)::BIGINT, MIN(s.created_at) \
-                 FROM unnest($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::BIGINT[], $5::BIGINT[], $6::TEXT[]) \
-                 AS w(i, agent, currency, start_ms, end_ms, prefix) \
-                 LEFT JOIN agent_spends s ON s.agent_id = w.agent \
-                 AND (w.currency = '' OR s.currency = w.currency) \
-                 AND s.created_at >= w.start_ms AND s.created_at < w.end_ms AND s.released_at IS NULL \
-                 AND (w.prefix = '' OR s.lineage = w.prefix \
-                      OR substr(s.lineage, 1, length(w.prefix) + 1) = w.prefix || '/') \
-                 GROUP BY w.i",
-            )
-            .bind((0..n).collect::<Vec<i64>>())
-            .bind(keys.iter().map(|k| k.a.as_str()).collect::<Vec<_>>())
-            .bind(keys.iter().map(|k| k.c.as_str()).collect::<Vec<_>>())
-            .bind(keys.iter().map(|k| k.s).collect::<Vec<_>>())
-            .bind(keys.iter().map(|k| k.e).collect::<Vec<_>>())
-            .bind(keys.iter().map(|k| k.p.as_str()).collect::<Vec<_>>())
-            .fetch_all(&mut **c)
-            .await
-            .map_err(&err)?
+            sqlx::query_as::<_, Row>(sqlx::AssertSqlSafe(sql))
+                .bind((0..n).collect::<Vec<i64>>())
+                .bind(keys.iter().map(|k| k.a.as_str()).collect::<Vec<_>>())
+                .bind(keys.iter().map(|k| k.c.as_str()).collect::<Vec<_>>())
+                .bind(keys.iter().map(|k| k.s).collect::<Vec<_>>())
+                .bind(keys.iter().map(|k| k.e).collect::<Vec<_>>())
+                .bind(keys.iter().map(|k| k.p.as_str()).collect::<Vec<_>>())
+                .fetch_all(&mut **c)
+                .await
+                .map_err(&err)?
         }
         Conn::Lite(c) => {
-            sqlx::query_as::<_, Row>(
-                "SELECT CAST(w.key AS INTEGER), COALESCE(SUM(s.amount_l0), 0), COALESCE(SUM(s.amount_l1), 0), \
-                 COALESCE(SUM(s.amount_l2), 0), COUNT(s.id), MIN(s.created_at) \
-                 FROM json_each($1) AS w \
-                 LEFT JOIN agent_spends s ON s.agent_id = json_extract(w.value, '$.a') \
-                 AND (json_extract(w.value, '$.c') = '' OR s.currency = json_extract(w.value, '$.c')) \
-                 AND s.created_at >= json_extract(w.value, '$.s') AND s.created_at < json_extract(w.value, '$.e') \
-                 AND s.released_at IS NULL \
-                 AND (json_extract(w.value, '$.p') = '' OR s.lineage = json_extract(w.value, '$.p') \
-                      OR substr(s.lineage, 1, length(json_extract(w.value, '$.p')) + 1) = json_extract(w.value, '$.p') || '/') \
-                 GROUP BY w.key",
-            )
-            .bind(json(keys))
-            .fetch_all(&mut **c)
-            .await
-            .map_err(&err)?
+            let tail = if any_currency {
+                MEASURE_SQLITE_VELOCITY
+            } else {
+                MEASURE_SQLITE_BUDGETS
+            };
+            let sql = format!("{MEASURE_SQLITE_HEAD}{tail}");
+            sqlx::query_as::<_, Row>(sqlx::AssertSqlSafe(sql))
+                .bind(json(keys))
+                .fetch_all(&mut **c)
+                .await
+                .map_err(&err)?
         }
     };
-    let mut out = vec![Measured::default(); keys.len()];
-    for (i, l0, l1, l2, count, oldest) in rows {
-        if let Some(slot) = usize::try_from(i).ok().and_then(|i| out.get_mut(i)) {
-            *slot = Measured {
-                spent: from_limb_sums([l0, l1, l2]),
-                count: u32::try_from(count).unwrap_or(u32::MAX),
-                oldest_ms: oldest,
-            };
-        }
-    }
-    Ok(out)
+    Ok(rows
+        .into_iter()
+        .filter_map(|(i, l0, l1, l2, count, oldest)| {
+            let at = usize::try_from(i).ok()?;
+            Some((
+                at,
+                Measured {
+                    spent: from_limb_sums([l0, l1, l2]),
+                    count: u32::try_from(count).unwrap_or(u32::MAX),
+                    oldest_ms: oldest,
+                },
+            ))
+        })
+        .collect())
 }
 
 const INSERT_SPEND_SQLITE: &str = "INSERT INTO agent_spends (id, tenant_id, agent_id, token_id, \
