@@ -114,37 +114,81 @@ pub struct AgentAuth {
     pub token: AgentTokenRow,
 }
 
+/// The token's verified claims (the signature checked once per token and minute).
+async fn agent_claims(parts: &Parts, state: &AppState) -> Result<AgentTokenClaims, ApiError> {
+    let token = bearer(parts)?;
+    let now_s = state.now_ms().div_euclid(1000);
+    let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    match state.caches.agent_tokens.get(&digest) {
+        Some(claims) if now_s < claims.exp => Ok(claims),
+        Some(_) => Err(ApiError::unauthorized("agent token: token expired")),
+        None => {
+            let mut result = state.keys().verify_agent_token(token, now_s);
+            if result == Err(turnpike_policy::TokenError::UnknownKey) {
+                // Another replica may have created a key since this one loaded them.
+                result = state.reload_keys().await?.verify_agent_token(token, now_s);
+            }
+            let claims =
+                result.map_err(|err| ApiError::unauthorized(format!("agent token: {err}")))?;
+            state.caches.agent_tokens.insert(digest, claims.clone());
+            Ok(claims)
+        }
+    }
+}
+
+/// The token's stored row, checked against its claims.
+async fn agent_token_row(
+    state: &AppState,
+    claims: &AgentTokenClaims,
+    cached: bool,
+) -> Result<AgentTokenRow, ApiError> {
+    if cached && let Some(row) = state.caches.token_rows.get(&claims.jti) {
+        return Ok(row);
+    }
+    let row = state
+        .store
+        .agent_token(&claims.jti)
+        .await?
+        .filter(|row| row.tenant_id == claims.tid && row.agent_id == claims.sub)
+        .ok_or_else(|| ApiError::unauthorized("agent token: unknown token"))?;
+    if row.revoked_at.is_none() {
+        state
+            .caches
+            .token_rows
+            .insert(claims.jti.clone(), row.clone());
+    }
+    Ok(row)
+}
+
 impl FromRequestParts<AppState> for AgentAuth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer(parts)?;
-        let now_s = state.now_ms().div_euclid(1000);
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let claims = match state.caches.agent_tokens.get(&digest) {
-            Some(claims) if now_s < claims.exp => claims,
-            Some(_) => return Err(ApiError::unauthorized("agent token: token expired")),
-            None => {
-                let mut result = state.keys().verify_agent_token(token, now_s);
-                if result == Err(turnpike_policy::TokenError::UnknownKey) {
-                    // Another replica may have created a key since this one loaded them.
-                    result = state.reload_keys().await?.verify_agent_token(token, now_s);
-                }
-                let claims =
-                    result.map_err(|err| ApiError::unauthorized(format!("agent token: {err}")))?;
-                state.caches.agent_tokens.insert(digest, claims.clone());
-                claims
-            }
-        };
-        let row = state
-            .store
-            .agent_token(&claims.jti)
-            .await?
-            .filter(|row| row.tenant_id == claims.tid && row.agent_id == claims.sub)
-            .ok_or_else(|| ApiError::unauthorized("agent token: unknown token"))?;
+        let claims = agent_claims(parts, state).await?;
+        let row = agent_token_row(state, &claims, false).await?;
         if row.revoked_at.is_some() {
             return Err(ApiError::unauthorized("agent token: revoked"));
         }
         Ok(Self { claims, token: row })
+    }
+}
+
+/// An agent about to pay: like [`AgentAuth`], but revocation is left to the payment's ledger
+/// transaction, which reads it under the agent's lock (every token of the lineage) and records
+/// the refusal in the audit log. The token row (immutable but for its revocation) comes from
+/// the replica's cache.
+#[derive(Debug, Clone)]
+pub struct PayingAgent(pub AgentAuth);
+
+impl FromRequestParts<AppState> for PayingAgent {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let claims = agent_claims(parts, state).await?;
+        let row = agent_token_row(state, &claims, true).await?;
+        if row.revoked_at.is_some() {
+            return Err(ApiError::unauthorized("agent token: revoked"));
+        }
+        Ok(Self(AgentAuth { claims, token: row }))
     }
 }

@@ -103,6 +103,9 @@ pub struct Caches {
     /// Agent id -> its current policy, compiled. A payment evaluated under a version that is no
     /// longer current is refused by the ledger transaction and re-read here.
     pub policies: TtlCache<String, crate::spend::AgentPolicy>,
+    /// Token id -> its row, for `/v1/agent/pay` only (its revocation is read again in the
+    /// payment's ledger transaction).
+    pub token_rows: TtlCache<String, turnpike_store::AgentTokenRow>,
     /// Token id -> its own limits, compiled (they never change).
     pub token_limits: TtlCache<String, Option<Arc<turnpike_policy::policy::CompiledTokenLimits>>>,
 }
@@ -119,6 +122,7 @@ impl Caches {
             agent_tokens: TtlCache::new(Duration::from_secs(60), CACHE_ENTRIES_MAX),
             policies: TtlCache::new(CACHE_TTL, CACHE_ENTRIES_MAX),
             token_limits: TtlCache::new(Duration::from_secs(3_600), CACHE_ENTRIES_MAX),
+            token_rows: TtlCache::new(Duration::from_secs(60), CACHE_ENTRIES_MAX),
         }
     }
 }

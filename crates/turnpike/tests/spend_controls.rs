@@ -634,6 +634,11 @@ async fn revoking_a_token_its_parent_or_all_tokens_refuses_the_next_payment(db: 
     let before = reserved(&server, &payer.tenant).await;
     expect_unauthorized(&pay_at(&server, &payer.token, &shop, &next()).await);
     assert_eq!(reserved(&server, &payer.tenant).await, before);
+    // The refusal is a decision like any other: it is in the audit log, naming the token.
+    let refused = audit(&server, &payer.tenant, "reason=token_revoked").await;
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0]["tokenId"], payer.token_id.as_str());
+    assert_eq!(refused[0]["outcome"], "deny");
 
     // A parent: its children and grandchildren go with it, its siblings' trees stay.
     let parent = root_token(&server, &payer.tenant, &payer.agent_id, json!({})).await;

@@ -15,7 +15,7 @@ use turnpike_protocol::{Challenge, ChallengeEcho, Credential, parse_challenges_f
 use turnpike_store::{AgentRow, AgentTokenRow, ApprovalRow, GuardRefusal, LedgerGuard, SpendGuard};
 
 use super::{Json, rfc3339};
-use crate::auth::{AgentAuth, TenantAuth};
+use crate::auth::{AgentAuth, PayingAgent, TenantAuth};
 use crate::error::{ApiError, ApiResult};
 use crate::ids;
 use crate::method_turnpike::{RESERVATION_GRACE_MS, codes, reservation_id};
@@ -407,7 +407,7 @@ async fn payable(state: &AppState, challenge: Challenge) -> Result<Payable, Stri
 }
 
 async fn pay(
-    agent: AgentAuth,
+    PayingAgent(agent): PayingAgent,
     State(state): State<AppState>,
     Json(input): Json<PayInput>,
 ) -> ApiResult<(StatusCode, axum::Json<Value>)> {
@@ -637,13 +637,12 @@ async fn reserve_and_grant(
 /// A refused spend guard as the agent's error.
 fn denial(state: &AppState, refusal: GuardRefusal) -> ApiError {
     match refusal {
+        GuardRefusal::Denied(d) if d.reason == "token_revoked" => {
+            ApiError::unauthorized(format!("agent token: {}", d.detail))
+                .with("reason", Value::String(d.reason))
+        }
         GuardRefusal::Denied(d) => {
-            let status = if d.reason == "token_revoked" {
-                StatusCode::UNAUTHORIZED
-            } else {
-                StatusCode::FORBIDDEN
-            };
-            let mut err = ApiError::new(status, "policy-denied", d.detail)
+            let mut err = ApiError::new(StatusCode::FORBIDDEN, "policy-denied", d.detail)
                 .with("reason", Value::String(d.reason));
             if let Some(at) = d.retry_at_ms {
                 let wait_ms = (at - state.now_ms()).max(0);
