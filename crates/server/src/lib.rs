@@ -24,7 +24,7 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 use turnpike_ledger::{Clock as _, Engine, EngineConfig, ManualClock, SystemClock};
-use turnpike_store::{Store, spawn_expiry_sweeper};
+use turnpike_store::{Store, StoreEngine, spawn_expiry_sweeper};
 
 pub use decision::{Decision, DecisionKind};
 pub use error::ApiError;
@@ -57,7 +57,7 @@ pub async fn start(store: Store, config: Config) -> anyhow::Result<AppState> {
         tracing::warn!("test clock: time stands still and moves only by POST /v1/admin/clock");
         engine_config.clock = clock.clone();
     }
-    let engine = Engine::start(Arc::new(store.clone()), engine_config);
+    let engine = start_engine(&store, engine_config).await?;
     spawn_expiry_sweeper(
         store.clone(),
         engine.clone(),
@@ -65,6 +65,42 @@ pub async fn start(store: Store, config: Config) -> anyhow::Result<AppState> {
         SWEEP_BATCH_MAX,
     );
     AppState::new(store, engine, config, test_clock).await
+}
+
+/// Start the ledger engine's writer on a thread of its own, with its own connections: on the
+/// request runtime it would wait its turn behind the HTTP tasks at each of a batch's
+/// statements, and every payment waits for its batch.
+async fn start_engine(store: &Store, config: EngineConfig) -> anyhow::Result<StoreEngine> {
+    let store = store.clone();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("ledger-writer".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(err) => {
+                    let _ = tx.send(Err(anyhow::Error::from(err)));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                match store.reconnect().await {
+                    Ok(own) => {
+                        let _ = tx.send(Ok(Engine::start(Arc::new(own), config)));
+                        // The writer runs here for the life of the process.
+                        std::future::pending::<()>().await;
+                    }
+                    Err(err) => {
+                        let _ = tx.send(Err(anyhow::Error::from(err)));
+                    }
+                }
+            });
+        })?;
+    rx.await
+        .map_err(|_| anyhow::anyhow!("the ledger writer thread stopped"))?
 }
 
 /// Serve on `listener` until `shutdown` resolves, then finish the requests in flight.

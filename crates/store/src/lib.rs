@@ -129,6 +129,25 @@ impl Store {
         Ok(store)
     }
 
+    /// A second store on the same database with its own connections, for a task that runs on
+    /// another Tokio runtime (a connection belongs to the runtime that opened it). An in-memory
+    /// SQLite database cannot be shared: that store is returned as is.
+    pub async fn reconnect(&self) -> Result<Self, StoreError> {
+        let db = match &self.db {
+            Db::Sqlite(pool) => {
+                let options = (*pool.connect_options()).clone();
+                if options.get_filename().as_os_str() == ":memory:" {
+                    return Ok(self.clone());
+                }
+                Db::Sqlite(sqlite::open(options).await?)
+            }
+            Db::Postgres(pool) => {
+                Db::Postgres(postgres::open((*pool.connect_options()).clone()).await?)
+            }
+        };
+        Ok(Self { db })
+    }
+
     /// The database this store runs on.
     pub fn database(&self) -> Database {
         match self.db {
