@@ -601,6 +601,15 @@ impl Store {
 
     // ---- spends -------------------------------------------------------------------------
 
+    /// Stop counting a spend against its agent's budgets (its payment was refunded); false when
+    /// there is no such spend or it was released already.
+    pub async fn release_spend(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let done = on_pool!(self, pool => sqlx::query(
+            "UPDATE agent_spends SET released_at = $2 WHERE id = $1 AND released_at IS NULL")
+            .bind(id).bind(now_ms).execute(pool).await?.rows_affected());
+        Ok(done == 1)
+    }
+
     /// An agent's spends created in `[from_ms, to_ms)`, oldest first (for dry runs).
     pub async fn spends(
         &self,

@@ -995,6 +995,18 @@ async fn an_upstream_failure_after_payment_refunds_the_payer(db: &TestDb) {
         .price(&s.merchant, "GET", "/down", 1000, Some(&dead.url))
         .await;
 
+    // A day budget of exactly one payment: the second payment passes only if the refund of
+    // the first gave its budget back.
+    s.server
+        .call(
+            Method::PUT,
+            &format!("/v1/agents/{}/policy", s.payer.agent_id),
+            Some(&s.payer.tenant.key),
+            Some(json!({"budgets": [{"amount": "1000", "currency": "usd", "period": "day"}]})),
+        )
+        .await
+        .expect_status(200);
+
     let mut payment_ids = Vec::new();
     for path in ["/flaky", "/down"] {
         let first = Server::read(s.server.gateway(Method::GET, "shop", path)).await;

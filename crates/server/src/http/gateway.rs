@@ -14,7 +14,7 @@ use turnpike_store::TenantRow;
 
 use crate::decision::{Decision, DecisionKind};
 use crate::error::{ApiError, ApiResult};
-use crate::method_turnpike::{codes, fee_minor, fee_refund_id, refund_id};
+use crate::method_turnpike::{codes, fee_minor, fee_refund_id, refund_id, reservation_id};
 use crate::pipeline::{self, PriceRef, RequestFacts};
 use crate::state::{AppState, PLATFORM_OWNER};
 
@@ -319,6 +319,12 @@ async fn refund(
     state
         .store
         .refund_payment(payment_id, state.now_ms())
+        .await?;
+    // The payment failed: it no longer counts against the paying agent's budgets.
+    let spend = reservation_id(&payer, &payment.challenge_id);
+    state
+        .store
+        .release_spend(&spend.to_string(), state.now_ms())
         .await?;
     tracing::info!(
         payment = payment_id,
