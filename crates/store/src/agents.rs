@@ -369,23 +369,6 @@ impl Store {
         Ok(row.map(token))
     }
 
-    /// Several tokens by id (any order; missing ones are left out).
-    pub async fn agent_tokens_by_id(
-        &self,
-        tenant_id: &str,
-        ids: &[&str],
-    ) -> Result<Vec<AgentTokenRow>, StoreError> {
-        let mut rows = Vec::with_capacity(ids.len());
-        for id in ids {
-            if let Some(row) = self.agent_token(id).await?
-                && row.tenant_id == tenant_id
-            {
-                rows.push(row);
-            }
-        }
-        Ok(rows)
-    }
-
     /// An agent's tokens, newest first.
     pub async fn agent_tokens(
         &self,

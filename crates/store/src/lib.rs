@@ -56,8 +56,8 @@ pub use error::StoreError;
 pub use guard::{GuardRefusal, LedgerGuard, StoreEngine};
 pub use history::{Cursor, HISTORY_PAGE_LIMIT_MAX, Page};
 pub use merchant::{
-    ApiKeyRow, BindingSecretRow, Claim, Idempotency, LIST_LIMIT_MAX, PaymentRow, PriceRow,
-    TenantConflict, TenantRow,
+    ApiKeyRow, BindingSecretRow, Idempotency, LIST_LIMIT_MAX, PaymentRow, PriceRow, TenantConflict,
+    TenantRow,
 };
 pub use spend_guard::{SpendDenial, SpendGuard};
 pub use sweeper::{

@@ -1,5 +1,6 @@
 //! The merchant core's rows: tenants, API keys, binding secrets, signing keys, prices and their
-//! versions, payments (the single-use claims), idempotency keys, agents and agent tokens.
+//! versions, payments (written by the payment guard, see `guard`), idempotency keys. Agents are in
+//! `agents`.
 //!
 //! One SQL text serves both databases (`$n` placeholders, BIGINT/TEXT columns); the
 //! [`on_pool!`] macro expands each query once per driver so that both are type-checked.
@@ -111,16 +112,6 @@ pub struct PaymentRow {
     pub created_at: i64,
     /// Unix ms.
     pub updated_at: i64,
-}
-
-/// What claiming a payment found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Claim {
-    /// The claim is ours.
-    Claimed,
-    /// The challenge id or the proof was claimed before; the existing row's state, when the
-    /// conflicting row could be read.
-    Taken(Option<String>),
 }
 
 /// What starting an idempotent request found.
@@ -521,57 +512,12 @@ impl Store {
 
     // ---- payments and idempotency -------------------------------------------------------
 
-    /// Claim a challenge id and a proof for a payment (state `claimed`). At most one claim per
-    /// (tenant, challenge id) and per proof ever succeeds, on every replica.
-    pub async fn claim_payment(&self, row: &PaymentRow) -> Result<Claim, StoreError> {
-        let sql = format!(
-            "INSERT INTO payments ({PAYMENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
-        );
-        let result = on_pool!(self, pool => sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
-            .bind(&row.id).bind(&row.tenant_id).bind(&row.challenge_id).bind(&row.proof_key)
-            .bind(&row.state).bind(&row.method).bind(&row.amount).bind(&row.currency)
-            .bind(&row.price_id).bind(row.price_version).bind(&row.payer_tenant_id)
-            .bind(&row.reference).bind(row.created_at).bind(row.updated_at)
-            .execute(pool).await.map(|_| ()));
-        match result {
-            Ok(()) => Ok(Claim::Claimed),
-            Err(err) if is_unique_violation(&err) => {
-                let state: Option<(String,)> = on_pool!(self, pool => sqlx::query_as(
-                    "SELECT state FROM payments WHERE (tenant_id = $1 AND challenge_id = $2) OR proof_key = $3 LIMIT 1")
-                    .bind(&row.tenant_id).bind(&row.challenge_id).bind(&row.proof_key)
-                    .fetch_optional(pool).await?);
-                Ok(Claim::Taken(state.map(|s| s.0)))
-            }
-            Err(err) => Err(err.into()),
-        }
-    }
-
-    /// Move a claimed payment to `settled` with its rail reference.
-    pub async fn settle_payment(
-        &self,
-        id: &str,
-        reference: &str,
-        now_ms: i64,
-    ) -> Result<bool, StoreError> {
-        let done = on_pool!(self, pool => sqlx::query(
-            "UPDATE payments SET state = 'settled', reference = $2, updated_at = $3 WHERE id = $1 AND state = 'claimed'")
-            .bind(id).bind(reference).bind(now_ms).execute(pool).await?.rows_affected());
-        Ok(done == 1)
-    }
-
     /// Move a settled payment to `refunded`.
     pub async fn refund_payment(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
         let done = on_pool!(self, pool => sqlx::query(
             "UPDATE payments SET state = 'refunded', updated_at = $2 WHERE id = $1 AND state = 'settled'")
             .bind(id).bind(now_ms).execute(pool).await?.rows_affected());
         Ok(done == 1)
-    }
-
-    /// Release a claim whose settlement failed: the challenge may be paid again.
-    pub async fn release_claim(&self, id: &str) -> Result<(), StoreError> {
-        on_pool!(self, pool => { sqlx::query("DELETE FROM payments WHERE id = $1 AND state = 'claimed'")
-            .bind(id).execute(pool).await?; });
-        Ok(())
     }
 
     /// One of a tenant's payments.
