@@ -382,18 +382,24 @@ pub(crate) async fn before_ledger<'a>(
             *verdict = Verdict::Refused(GuardRefusal::ApprovalInvalid);
         }
     }
-    let mut to_insert: Vec<&SpendGuard> = Vec::new();
+    let to_insert: Vec<&SpendGuard> = guards
+        .iter()
+        .zip(&verdicts)
+        .filter(|(_, v)| matches!(v, Verdict::Accepted { retry: false, .. }))
+        .map(|((_, g), _)| *g)
+        .collect();
+    // Only rows this batch inserted may be undone after the ledger: a released spend of an
+    // earlier attempt at the same challenge keeps its row.
+    let inserted = insert_spends(conn, &to_insert, now_ms).await?;
     for ((_, g), verdict) in guards.iter().zip(verdicts.iter_mut()) {
         if let Verdict::Accepted {
-            inserted,
+            inserted: mine,
             retry: false,
         } = verdict
         {
-            *inserted = true;
-            to_insert.push(g);
+            *mine = inserted.contains(&g.spend_id.to_string());
         }
     }
-    insert_spends(conn, &to_insert, now_ms).await?;
     Ok(SpendState { guards, verdicts })
 }
 
@@ -608,15 +614,15 @@ const INSERT_SPENDS_PG: &str = "INSERT INTO agent_spends (id, tenant_id, agent_i
      currency, created_at) \
      SELECT * FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::TEXT[], \
      $7::TEXT[], $8::TEXT[], $9::TEXT[], $10::BIGINT[], $11::BIGINT[], $12::BIGINT[], $13::TEXT[], \
-     $14::BIGINT[]) ON CONFLICT DO NOTHING";
+     $14::BIGINT[]) ON CONFLICT DO NOTHING RETURNING id";
 
 async fn insert_spends(
     conn: &mut Conn<'_>,
     spends: &[&SpendGuard],
     now_ms: i64,
-) -> Result<(), BackendError> {
+) -> Result<HashSet<String>, BackendError> {
     if spends.is_empty() {
-        return Ok(());
+        return Ok(HashSet::new());
     }
     let err = db_err(conn);
     match conn {
@@ -629,7 +635,7 @@ async fn insert_spends(
                     .map(|g| limbs(g.amount)[k])
                     .collect::<Vec<_>>()
             };
-            sqlx::query(INSERT_SPENDS_PG)
+            let rows: Vec<(String,)> = sqlx::query_as(INSERT_SPENDS_PG)
                 .bind(col(|g| g.spend_id.to_string()))
                 .bind(col(|g| g.tenant_id.clone()))
                 .bind(col(|g| g.agent_id.clone()))
@@ -644,14 +650,16 @@ async fn insert_spends(
                 .bind(limb(2))
                 .bind(col(|g| g.currency.clone()))
                 .bind(vec![now_ms; spends.len()])
-                .execute(&mut **c)
+                .fetch_all(&mut **c)
                 .await
                 .map_err(&err)?;
+            Ok(rows.into_iter().map(|(id,)| id).collect())
         }
         Conn::Lite(c) => {
+            let mut inserted = HashSet::with_capacity(spends.len());
             for g in spends {
                 let [l0, l1, l2] = limbs(g.amount);
-                sqlx::query(INSERT_SPEND_SQLITE)
+                let done = sqlx::query(INSERT_SPEND_SQLITE)
                     .bind(g.spend_id.to_string())
                     .bind(&g.tenant_id)
                     .bind(&g.agent_id)
@@ -669,10 +677,13 @@ async fn insert_spends(
                     .execute(&mut **c)
                     .await
                     .map_err(&err)?;
+                if done.rows_affected() == 1 {
+                    inserted.insert(g.spend_id.to_string());
+                }
             }
+            Ok(inserted)
         }
     }
-    Ok(())
 }
 
 /// The audit row of one guard's outcome: (outcome, reason, detail).
