@@ -15,11 +15,13 @@
 use std::collections::HashSet;
 
 use sqlx::{PgConnection, SqliteConnection};
-use turnpike_ledger::{BackendError, Command, CommandResult, Engine, Guard};
+use turnpike_ledger::{
+    BackendError, Command, CommandResult, Engine, Guard, PendingState, TransferId,
+};
 
 use crate::error::{Dialect, backend_error};
 use crate::merchant::PaymentRow;
-use crate::spend_guard::{SpendDenial, SpendGuard};
+use crate::spend_guard::{SpendDenial, SpendGuard, SpendState};
 
 /// What the store checks and records with a guarded ledger command.
 #[derive(Debug, Clone)]
@@ -118,6 +120,69 @@ fn refusals(
     refused
 }
 
+/// A connection of either database, in the batch's transaction.
+pub(crate) enum Conn<'c> {
+    Pg(&'c mut PgConnection),
+    Lite(&'c mut SqliteConnection),
+}
+
+/// Run one body with `$c` bound to whichever connection `$conn` holds.
+macro_rules! on_conn {
+    ($conn:expr, $c:ident => $body:expr) => {
+        match $conn {
+            Conn::Pg($c) => $body,
+            Conn::Lite($c) => $body,
+        }
+    };
+}
+pub(crate) use on_conn;
+
+/// How a database error on `conn` becomes a [`BackendError`].
+pub(crate) fn db_err(conn: &Conn<'_>) -> impl Fn(sqlx::Error) -> BackendError + use<> {
+    let dialect = match conn {
+        Conn::Pg(_) => Dialect::Postgres,
+        Conn::Lite(_) => Dialect::Sqlite,
+    };
+    move |err| backend_error(dialect, &err)
+}
+
+/// What a batch's guards decided before the ledger ran.
+pub(crate) struct Guards<'a> {
+    payments: Recorded<'a>,
+    spends: SpendState<'a>,
+}
+
+impl Guards<'_> {
+    /// One refusal slot per command (or none at all), for [`turnpike_ledger::apply_batch`].
+    pub(crate) fn refused(&self) -> &[Option<GuardRefusal>] {
+        &self.payments.refused
+    }
+}
+
+/// Check and record the batch's guards: payment rows first, then spends.
+pub(crate) async fn before_ledger<'a>(
+    conn: &mut Conn<'_>,
+    commands: &'a [Command<LedgerGuard>],
+    now_ms: i64,
+) -> Result<Guards<'a>, BackendError> {
+    let mut payments = record_payments(conn, commands).await?;
+    let spends = crate::spend_guard::before_ledger(conn, commands, now_ms).await?;
+    payments.merge(commands.len(), spends.refusals());
+    Ok(Guards { payments, spends })
+}
+
+/// Undo the guards whose transfers failed and record what the batch decided.
+pub(crate) async fn after_ledger(
+    conn: &mut Conn<'_>,
+    guards: &Guards<'_>,
+    results: &[CommandResult<LedgerGuard>],
+    pending_updates: &[(TransferId, PendingState)],
+    now_ms: i64,
+) -> Result<(), BackendError> {
+    drop_failed_payments(conn, &guards.payments, results).await?;
+    crate::spend_guard::after_ledger(conn, &guards.spends, results, pending_updates, now_ms).await
+}
+
 const PG_INSERT_PAYMENTS: &str = "INSERT INTO payments (id, tenant_id, challenge_id, proof_key, \
      state, method, amount, currency, price_id, price_version, payer_tenant_id, reference, \
      created_at, updated_at) \
@@ -125,128 +190,102 @@ const PG_INSERT_PAYMENTS: &str = "INSERT INTO payments (id, tenant_id, challenge
      $6::TEXT[], $7::TEXT[], $8::TEXT[], $9::TEXT[], $10::BIGINT[], $11::TEXT[], $12::TEXT[], \
      $13::BIGINT[], $14::BIGINT[]) \
      ON CONFLICT DO NOTHING RETURNING id";
-const PG_DELETE_PAYMENTS: &str = "DELETE FROM payments WHERE id = ANY($1::TEXT[])";
-
-/// Insert the batch's guard rows (PostgreSQL); one refusal slot per command.
-pub(crate) async fn record_pg<'a>(
-    tx: &mut PgConnection,
-    commands: &'a [Command<LedgerGuard>],
-) -> Result<Recorded<'a>, BackendError> {
-    let rows = payments(commands);
-    if rows.is_empty() {
-        return Ok(Recorded::default());
-    }
-    let column = |f: fn(&PaymentRow) -> String| rows.iter().map(|(_, r)| f(r)).collect::<Vec<_>>();
-    let inserted: Vec<(String,)> = sqlx::query_as(PG_INSERT_PAYMENTS)
-        .bind(column(|r| r.id.clone()))
-        .bind(column(|r| r.tenant_id.clone()))
-        .bind(column(|r| r.challenge_id.clone()))
-        .bind(column(|r| r.proof_key.clone()))
-        .bind(column(|r| r.state.clone()))
-        .bind(column(|r| r.method.clone()))
-        .bind(column(|r| r.amount.clone()))
-        .bind(column(|r| r.currency.clone()))
-        .bind(column(|r| r.price_id.clone()))
-        .bind(
-            rows.iter()
-                .map(|(_, r)| r.price_version)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rows.iter()
-                .map(|(_, r)| r.payer_tenant_id.clone())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rows.iter()
-                .map(|(_, r)| r.reference.clone())
-                .collect::<Vec<_>>(),
-        )
-        .bind(rows.iter().map(|(_, r)| r.created_at).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, r)| r.updated_at).collect::<Vec<_>>())
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(|err| backend_error(Dialect::Postgres, &err))?;
-    let inserted: HashSet<String> = inserted.into_iter().map(|(id,)| id).collect();
-    let refused = refusals(commands, &rows, &inserted);
-    Ok(Recorded { refused, rows })
-}
-
-/// Delete the guard rows whose transfers failed (PostgreSQL).
-pub(crate) async fn drop_failed_pg(
-    tx: &mut PgConnection,
-    recorded: &Recorded<'_>,
-    results: &[CommandResult<LedgerGuard>],
-) -> Result<(), BackendError> {
-    let failed = recorded.failed_ids(results);
-    if failed.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(PG_DELETE_PAYMENTS)
-        .bind(failed)
-        .execute(&mut *tx)
-        .await
-        .map_err(|err| backend_error(Dialect::Postgres, &err))?;
-    Ok(())
-}
-
 const SQLITE_INSERT_PAYMENT: &str = "INSERT INTO payments (id, tenant_id, challenge_id, \
      proof_key, state, method, amount, currency, price_id, price_version, payer_tenant_id, \
      reference, created_at, updated_at) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
      ON CONFLICT DO NOTHING";
-const SQLITE_DELETE_PAYMENT: &str = "DELETE FROM payments WHERE id = $1";
+const DELETE_PAYMENT: &str = "DELETE FROM payments WHERE id = $1";
 
-/// Insert the batch's guard rows (SQLite: one statement per row, in process); one refusal slot
-/// per command.
-pub(crate) async fn record_sqlite<'a>(
-    tx: &mut SqliteConnection,
+/// Insert the batch's payment rows (PostgreSQL: one statement; SQLite: one per row, in
+/// process); one refusal slot per command.
+async fn record_payments<'a>(
+    conn: &mut Conn<'_>,
     commands: &'a [Command<LedgerGuard>],
 ) -> Result<Recorded<'a>, BackendError> {
     let rows = payments(commands);
     if rows.is_empty() {
         return Ok(Recorded::default());
     }
-    let mut inserted = HashSet::with_capacity(rows.len());
-    for (_, r) in &rows {
-        let done = sqlx::query(SQLITE_INSERT_PAYMENT)
-            .bind(&r.id)
-            .bind(&r.tenant_id)
-            .bind(&r.challenge_id)
-            .bind(&r.proof_key)
-            .bind(&r.state)
-            .bind(&r.method)
-            .bind(&r.amount)
-            .bind(&r.currency)
-            .bind(&r.price_id)
-            .bind(r.price_version)
-            .bind(&r.payer_tenant_id)
-            .bind(&r.reference)
-            .bind(r.created_at)
-            .bind(r.updated_at)
-            .execute(&mut *tx)
-            .await
-            .map_err(|err| backend_error(Dialect::Sqlite, &err))?;
-        if done.rows_affected() == 1 {
-            inserted.insert(r.id.clone());
+    let err = db_err(conn);
+    let inserted: HashSet<String> = match conn {
+        Conn::Pg(c) => {
+            let column =
+                |f: fn(&PaymentRow) -> String| rows.iter().map(|(_, r)| f(r)).collect::<Vec<_>>();
+            let ids: Vec<(String,)> = sqlx::query_as(PG_INSERT_PAYMENTS)
+                .bind(column(|r| r.id.clone()))
+                .bind(column(|r| r.tenant_id.clone()))
+                .bind(column(|r| r.challenge_id.clone()))
+                .bind(column(|r| r.proof_key.clone()))
+                .bind(column(|r| r.state.clone()))
+                .bind(column(|r| r.method.clone()))
+                .bind(column(|r| r.amount.clone()))
+                .bind(column(|r| r.currency.clone()))
+                .bind(column(|r| r.price_id.clone()))
+                .bind(
+                    rows.iter()
+                        .map(|(_, r)| r.price_version)
+                        .collect::<Vec<_>>(),
+                )
+                .bind(
+                    rows.iter()
+                        .map(|(_, r)| r.payer_tenant_id.clone())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(
+                    rows.iter()
+                        .map(|(_, r)| r.reference.clone())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(rows.iter().map(|(_, r)| r.created_at).collect::<Vec<_>>())
+                .bind(rows.iter().map(|(_, r)| r.updated_at).collect::<Vec<_>>())
+                .fetch_all(&mut **c)
+                .await
+                .map_err(&err)?;
+            ids.into_iter().map(|(id,)| id).collect()
         }
-    }
+        Conn::Lite(c) => {
+            let mut inserted = HashSet::with_capacity(rows.len());
+            for (_, r) in &rows {
+                let done = sqlx::query(SQLITE_INSERT_PAYMENT)
+                    .bind(&r.id)
+                    .bind(&r.tenant_id)
+                    .bind(&r.challenge_id)
+                    .bind(&r.proof_key)
+                    .bind(&r.state)
+                    .bind(&r.method)
+                    .bind(&r.amount)
+                    .bind(&r.currency)
+                    .bind(&r.price_id)
+                    .bind(r.price_version)
+                    .bind(&r.payer_tenant_id)
+                    .bind(&r.reference)
+                    .bind(r.created_at)
+                    .bind(r.updated_at)
+                    .execute(&mut **c)
+                    .await
+                    .map_err(&err)?;
+                if done.rows_affected() == 1 {
+                    inserted.insert(r.id.clone());
+                }
+            }
+            inserted
+        }
+    };
     let refused = refusals(commands, &rows, &inserted);
     Ok(Recorded { refused, rows })
 }
 
-/// Delete the guard rows whose transfers failed (SQLite).
-pub(crate) async fn drop_failed_sqlite(
-    tx: &mut SqliteConnection,
+/// Delete the payment rows whose transfers failed (rare: one statement each).
+async fn drop_failed_payments(
+    conn: &mut Conn<'_>,
     recorded: &Recorded<'_>,
     results: &[CommandResult<LedgerGuard>],
 ) -> Result<(), BackendError> {
+    let err = db_err(conn);
     for id in recorded.failed_ids(results) {
-        sqlx::query(SQLITE_DELETE_PAYMENT)
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(|err| backend_error(Dialect::Sqlite, &err))?;
+        on_conn!(conn, c => sqlx::query(DELETE_PAYMENT).bind(id)
+            .execute(&mut **c).await.map_err(&err)?.rows_affected());
     }
     Ok(())
 }

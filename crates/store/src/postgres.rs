@@ -19,13 +19,12 @@ use turnpike_ledger::{
 
 use crate::check::{CheckReport, Checker};
 use crate::error::{Dialect, StoreError, backend_error, expect_rows};
-use crate::guard::{self, LedgerGuard};
+use crate::guard::{self, Conn, LedgerGuard};
 use crate::history::{Cursor, Page};
 use crate::rows::{
     TransferParams, account_columns, account_from_row, amount_text, id_text, parse_pending_state,
     parse_transfer_id, transfer_columns, transfer_from_row,
 };
-use crate::spend_guard::{self, Conn};
 
 /// Connections per pool (per replica).
 const POOL_CONNECTIONS_MAX: u32 = 16;
@@ -175,9 +174,7 @@ pub(crate) async fn execute(
     let db = |err: sqlx::Error| backend_error(Dialect::Postgres, &err);
     let mut tx = pool.begin_with(BEGIN_BATCH).await.map_err(db)?;
     // Guards first: a command whose row is refused loads and locks nothing it does not need.
-    let mut recorded = guard::record_pg(&mut tx, commands).await?;
-    let spends = spend_guard::before_ledger(&mut Conn::Pg(&mut tx), commands, now_ms).await?;
-    recorded.merge(commands.len(), spends.refusals());
+    let guards = guard::before_ledger(&mut Conn::Pg(&mut tx), commands, now_ms).await?;
     let keys = BatchKeys::of(commands);
     let mut snapshot = Snapshot::default();
 
@@ -219,11 +216,10 @@ pub(crate) async fn execute(
         }
     }
 
-    let outcome = apply_batch(&mut snapshot, commands, &recorded.refused, now_ms);
-    guard::drop_failed_pg(&mut tx, &recorded, &outcome.results).await?;
-    spend_guard::after_ledger(
+    let outcome = apply_batch(&mut snapshot, commands, guards.refused(), now_ms);
+    guard::after_ledger(
         &mut Conn::Pg(&mut tx),
-        &spends,
+        &guards,
         &outcome.results,
         &outcome.pending_updates,
         now_ms,

@@ -21,7 +21,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use serde::Serialize;
-use sqlx::{PgConnection, SqliteConnection};
 use turnpike_ledger::{
     BackendError, Command, CommandResult, PendingState, TransferError, TransferId,
 };
@@ -29,8 +28,7 @@ use turnpike_policy::policy::{
     CompiledPolicy, CompiledTokenLimits, Decision, LimitSource, SpendRequest, Usage, usage_windows,
 };
 
-use crate::error::{Dialect, backend_error};
-use crate::guard::{GuardRefusal, LedgerGuard};
+use crate::guard::{Conn, GuardRefusal, LedgerGuard, db_err, on_conn};
 
 /// An agent's payment to evaluate and record with its reservation.
 #[derive(Debug, Clone)]
@@ -112,29 +110,6 @@ impl SpendState<'_> {
     }
 }
 
-/// A connection of either database.
-pub(crate) enum Conn<'c> {
-    Pg(&'c mut PgConnection),
-    Lite(&'c mut SqliteConnection),
-}
-
-macro_rules! on_conn {
-    ($conn:expr, $c:ident => $body:expr) => {
-        match $conn {
-            Conn::Pg($c) => $body,
-            Conn::Lite($c) => $body,
-        }
-    };
-}
-
-fn db_err(conn: &Conn<'_>) -> impl Fn(sqlx::Error) -> BackendError + use<> {
-    let dialect = match conn {
-        Conn::Pg(_) => Dialect::Postgres,
-        Conn::Lite(_) => Dialect::Sqlite,
-    };
-    move |err| backend_error(dialect, &err)
-}
-
 const LIMB_BITS: u32 = 40;
 const LIMB_MASK: u128 = (1 << LIMB_BITS) - 1;
 
@@ -183,7 +158,9 @@ struct Level<'g> {
     velocity: Option<usize>,
 }
 
-fn prefix_matches(lineage: &str, prefix: &str) -> bool {
+/// True when a spend made under the token `lineage` counts for a budget scoped to the token
+/// `prefix` (that token or one minted under it; `""` = any token of the agent).
+pub fn lineage_within(lineage: &str, prefix: &str) -> bool {
     prefix.is_empty()
         || lineage == prefix
         || (lineage.len() > prefix.len()
@@ -429,7 +406,7 @@ fn decide(
                     .filter(|a| {
                         a.agent_id == g.agent_id
                             && a.currency == *currency
-                            && prefix_matches(&a.lineage, prefix)
+                            && lineage_within(&a.lineage, prefix)
                     })
                     .map(|a| a.amount)
                     .sum();
@@ -909,10 +886,10 @@ mod tests {
 
     #[test]
     fn lineage_prefixes_match_whole_ids_only() {
-        assert!(prefix_matches("tok_a/tok_b", ""));
-        assert!(prefix_matches("tok_a/tok_b", "tok_a"));
-        assert!(prefix_matches("tok_a", "tok_a"));
-        assert!(!prefix_matches("tok_ab", "tok_a"));
-        assert!(!prefix_matches("tok_a", "tok_a/tok_b"));
+        assert!(lineage_within("tok_a/tok_b", ""));
+        assert!(lineage_within("tok_a/tok_b", "tok_a"));
+        assert!(lineage_within("tok_a", "tok_a"));
+        assert!(!lineage_within("tok_ab", "tok_a"));
+        assert!(!lineage_within("tok_a", "tok_a/tok_b"));
     }
 }

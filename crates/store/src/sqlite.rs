@@ -20,13 +20,12 @@ use turnpike_ledger::{
 
 use crate::check::{CheckReport, Checker};
 use crate::error::{Dialect, StoreError, backend_error, expect_rows};
-use crate::guard::{self, LedgerGuard};
+use crate::guard::{self, Conn, LedgerGuard};
 use crate::history::{Cursor, Page};
 use crate::rows::{
     account_columns, account_from_row, amount_text, id_text, parse_pending_state,
     parse_transfer_id, transfer_columns, transfer_from_row,
 };
-use crate::spend_guard::{self, Conn};
 
 /// How long a writer waits for another connection's write lock before `SQLITE_BUSY`.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -231,9 +230,7 @@ pub(crate) async fn execute(
 ) -> Result<Vec<CommandResult<LedgerGuard>>, BackendError> {
     let db = |err: sqlx::Error| backend_error(Dialect::Sqlite, &err);
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
-    let mut recorded = guard::record_sqlite(&mut tx, commands).await?;
-    let spends = spend_guard::before_ledger(&mut Conn::Lite(&mut tx), commands, now_ms).await?;
-    recorded.merge(commands.len(), spends.refusals());
+    let guards = guard::before_ledger(&mut Conn::Lite(&mut tx), commands, now_ms).await?;
     let keys = BatchKeys::of(commands);
     let mut snapshot = Snapshot::default();
 
@@ -276,11 +273,10 @@ pub(crate) async fn execute(
         }
     }
 
-    let outcome = apply_batch(&mut snapshot, commands, &recorded.refused, now_ms);
-    guard::drop_failed_sqlite(&mut tx, &recorded, &outcome.results).await?;
-    spend_guard::after_ledger(
+    let outcome = apply_batch(&mut snapshot, commands, guards.refused(), now_ms);
+    guard::after_ledger(
         &mut Conn::Lite(&mut tx),
-        &spends,
+        &guards,
         &outcome.results,
         &outcome.pending_updates,
         now_ms,

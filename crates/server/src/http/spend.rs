@@ -13,7 +13,7 @@ use turnpike_policy::policy::{
     Usage, evaluate, usage_windows,
 };
 use turnpike_protocol::charge::parse_amount_minor;
-use turnpike_store::{AuditFilter, AuditRow, Decided, PolicyRow, SpendRow};
+use turnpike_store::{AuditFilter, AuditRow, Decided, PolicyRow, SpendRow, lineage_within};
 
 use super::{Json, rfc3339};
 use crate::auth::TenantAuth;
@@ -145,13 +145,6 @@ fn decision_parts(decision: &Decision) -> (String, Option<String>) {
     }
 }
 
-fn prefix_matches(lineage: &str, prefix: &str) -> bool {
-    lineage == prefix
-        || (lineage.len() > prefix.len()
-            && lineage.starts_with(prefix)
-            && lineage.as_bytes()[prefix.len()] == b'/')
-}
-
 /// The usage a decision at `at_ms` saw: spends created before it and not released by then.
 fn usage_at(
     policy: &CompiledPolicy,
@@ -173,7 +166,7 @@ fn usage_at(
                     s.currency == w.currency
                         && s.created_at >= w.window.start_ms
                         && s.created_at < w.window.end_ms
-                        && (w.source == LimitSource::Policy || prefix_matches(&s.lineage, lineage))
+                        && (w.source == LimitSource::Policy || lineage_within(&s.lineage, lineage))
                 })
                 .filter_map(|s| parse_amount_minor(&s.amount))
                 .fold(0u128, u128::saturating_add)
