@@ -107,6 +107,8 @@ pub enum DecisionKind {
     Forbidden,
     /// Malformed payment request, e.g. several credentials (400): forward as is.
     BadRequest,
+    /// Submitted on the rail, outcome not known yet (202): forward as is, do not serve yet.
+    Pending,
 }
 
 /// Turnpike's answer for one request: what the merchant forwards to its client.

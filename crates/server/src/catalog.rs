@@ -9,7 +9,7 @@ use turnpike_protocol::charge::parse_amount_minor;
 use crate::error::ApiError;
 
 /// Payment methods this server can issue challenges for.
-pub const METHODS_SUPPORTED: &[&str] = &["turnpike"];
+pub const METHODS_SUPPORTED: &[&str] = &["turnpike", "evm"];
 /// Longest accepted challenge lifetime (one day).
 pub const CHALLENGE_TTL_S_MAX: u64 = 86_400;
 /// Challenge lifetime when the price names none.

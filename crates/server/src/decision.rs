@@ -21,6 +21,8 @@ pub enum DecisionKind {
     Forbidden,
     /// 400: several credentials, or an unsupported method.
     BadRequest,
+    /// 202: submitted on the rail, outcome not known yet; do not serve the resource yet.
+    Pending,
 }
 
 /// The decision and its HTTP form.
@@ -78,6 +80,23 @@ impl Decision {
             ],
             body: Some(problem),
             payment_id: None,
+            challenge_ids: Vec::new(),
+        }
+    }
+
+    /// Submitted, outcome unknown (202, problem body with the payment id, `Retry-After`).
+    pub fn pending(payment_id: String, mut problem: serde_json::Value) -> Self {
+        problem["paymentId"] = serde_json::Value::String(payment_id.clone());
+        Self {
+            decision: DecisionKind::Pending,
+            status: 202,
+            headers: vec![
+                ("Cache-Control".to_owned(), "no-store".to_owned()),
+                ("Content-Type".to_owned(), PROBLEM_CONTENT_TYPE.to_owned()),
+                ("Retry-After".to_owned(), "2".to_owned()),
+            ],
+            body: Some(problem),
+            payment_id: Some(payment_id),
             challenge_ids: Vec::new(),
         }
     }

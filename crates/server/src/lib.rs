@@ -11,6 +11,8 @@ pub mod http;
 pub mod ids;
 pub mod method_turnpike;
 pub mod pipeline;
+pub mod rails;
+pub mod secrets;
 pub mod spend;
 pub mod state;
 
@@ -64,7 +66,9 @@ pub async fn start(store: Store, config: Config) -> anyhow::Result<AppState> {
         SWEEP_INTERVAL,
         SWEEP_BATCH_MAX,
     );
-    AppState::new(store, engine, config, test_clock).await
+    let state = AppState::new(store, engine, config, test_clock).await?;
+    rails::spawn_jobs(state.clone());
+    Ok(state)
 }
 
 /// Start the ledger engine's writer on a thread of its own, with its own connections: on the

@@ -20,6 +20,7 @@ use crate::error::{ApiError, PROBLEM_BASE};
 use crate::ids;
 use crate::method_turnpike;
 use crate::state::AppState;
+use turnpike_rails::Rail as _;
 
 /// Binding secrets read per tenant (the current one and those still verifying).
 const BINDING_SECRETS_READ_MAX: i64 = 8;
@@ -217,7 +218,8 @@ fn format_expires(at_ms: i64) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-/// Issue one challenge per method of `price`, in `Accept-Payment` order: (id, header value).
+/// Issue one challenge per method of `price` the rails can offer now, in `Accept-Payment`
+/// order: (id, header value).
 fn issue_challenges(
     state: &AppState,
     secret: &BindingSecret,
@@ -225,6 +227,7 @@ fn issue_challenges(
     price: &PriceRef,
     facts: &RequestFacts,
     digest: Option<&ContentDigest>,
+    context: &MethodContext,
 ) -> Result<Vec<(String, String)>, ApiError> {
     let def = &price.definition;
     let offers: Vec<(&str, &str)> = def
@@ -241,7 +244,9 @@ fn issue_challenges(
     let mut out = Vec::with_capacity(order.len());
     for index in order {
         let method = &def.methods[index];
-        let request = method_request(state, tenant, method, def)?;
+        let Some(request) = method_request(state, tenant, method, def, context) else {
+            continue;
+        };
         let challenge = Challenge::issue_with_secret(
             secret,
             ChallengeParams {
@@ -265,19 +270,72 @@ fn issue_challenges(
         })?;
         out.push((challenge.id, header));
     }
+    if out.is_empty() && !order_was_empty(facts, def) {
+        return Err(ApiError::unavailable(
+            "no payment method of this price can be offered right now",
+        )
+        .retry_after(5));
+    }
     Ok(out)
 }
 
-/// The method-specific `request` object for a price.
+/// True when `Accept-Payment` excluded every method (a 402 without challenges is then right).
+fn order_was_empty(facts: &RequestFacts, def: &PriceDefinition) -> bool {
+    let offers: Vec<(&str, &str)> = def
+        .methods
+        .iter()
+        .map(|m| (m.as_str(), def.intent.as_str()))
+        .collect();
+    accept_payment::negotiate(facts.accept_payment.as_deref(), &offers).is_empty()
+}
+
+/// What issuing or checking a price's challenges needs from the rails, loaded once per request
+/// (only for the methods the price accepts).
+#[derive(Debug, Default)]
+pub struct MethodContext {
+    /// The tenant's `evm` configuration, when the price accepts `evm`.
+    pub evm: Option<Arc<turnpike_rails::evm::EvmConfig>>,
+}
+
+/// Load what the price's methods need.
+pub async fn method_context(
+    state: &AppState,
+    tenant: &TenantRow,
+    def: &PriceDefinition,
+) -> Result<MethodContext, ApiError> {
+    let mut context = MethodContext::default();
+    if def.methods.iter().any(|m| m == "evm") {
+        context.evm = crate::rails::evm_config(state, &tenant.id).await?;
+    }
+    Ok(context)
+}
+
+/// The method-specific `request` object for a price, or `None` when its rail cannot offer it
+/// now (not configured, no token for the currency, the hot wallet low on gas).
 fn method_request(
     state: &AppState,
     tenant: &TenantRow,
     method: &str,
     def: &PriceDefinition,
-) -> Result<Map<String, Value>, ApiError> {
+    context: &MethodContext,
+) -> Option<Map<String, Value>> {
     match method {
-        "turnpike" => Ok(method_turnpike::challenge_request(state, tenant, def)),
-        _ => Err(ApiError::internal()),
+        "turnpike" => Some(method_turnpike::challenge_request(state, tenant, def)),
+        "evm" => {
+            let config = context.evm.as_ref()?;
+            match state
+                .rails
+                .evm
+                .challenge_request(config, &crate::rails::price_terms(def))
+            {
+                Ok(request) => Some(request),
+                Err(why) => {
+                    tracing::debug!(tenant = %tenant.id, reason = %why, "evm not offered");
+                    None
+                }
+            }
+        }
+        _ => None,
     }
 }
 
@@ -304,9 +362,10 @@ pub async fn challenge(
             "payment is required for this resource",
         ),
     )
+    .await
 }
 
-fn fresh_402(
+async fn fresh_402(
     state: &AppState,
     secrets: &Secrets,
     tenant: &TenantRow,
@@ -315,7 +374,16 @@ fn fresh_402(
     digest: Option<&ContentDigest>,
     problem: Problem,
 ) -> Result<Decision, ApiError> {
-    let challenges = issue_challenges(state, &secrets.current, tenant, price, facts, digest)?;
+    let context = method_context(state, tenant, &price.definition).await?;
+    let challenges = issue_challenges(
+        state,
+        &secrets.current,
+        tenant,
+        price,
+        facts,
+        digest,
+        &context,
+    )?;
     Ok(Decision::payment_required(challenges, problem))
 }
 
@@ -483,6 +551,7 @@ async fn challenge_for(
                 digest,
                 Problem::new(kind, detail),
             )
+            .await
         }
     }
 }
@@ -491,7 +560,18 @@ async fn challenge_for(
 struct Checked {
     credential: Credential,
     price: PriceRef,
-    verified: method_turnpike::VerifiedGrant,
+    verified: Verified,
+}
+
+/// What a method's offline checks established.
+enum Verified {
+    /// `turnpike`: a grant over a reservation.
+    Turnpike(method_turnpike::VerifiedGrant),
+    /// `evm`: a credential to settle on the chain, with the configuration it was checked under.
+    Evm(
+        Box<turnpike_rails::evm::VerifiedEvm>,
+        Arc<turnpike_rails::evm::EvmConfig>,
+    ),
 }
 
 async fn check_credential(
@@ -574,7 +654,14 @@ async fn check_credential(
             "the challenge request does not decode",
         )));
     };
-    let expected = method_request(state, tenant, &echo.method, &price.definition)?;
+    let context = method_context(state, tenant, &price.definition).await?;
+    let Some(expected) = method_request(state, tenant, &echo.method, &price.definition, &context)
+    else {
+        return Ok(Err(retry(
+            ProblemType::InvalidChallenge,
+            "this payment method is not offered for the resource any more",
+        )));
+    };
     if request != expected {
         return Ok(Err(retry(
             ProblemType::InvalidChallenge,
@@ -582,8 +669,37 @@ async fn check_credential(
         )));
     }
     let verified = match echo.method.as_str() {
-        "turnpike" => {
-            method_turnpike::verify_offline(state, tenant, credential, &price.definition).await?
+        "turnpike" => method_turnpike::verify_offline(state, tenant, credential, &price.definition)
+            .await?
+            .map(Verified::Turnpike),
+        "evm" => {
+            let Some(config) = context.evm.clone() else {
+                return Ok(Err(retry(
+                    ProblemType::VerificationFailed,
+                    "this merchant has no evm rail",
+                )));
+            };
+            let facts = turnpike_rails::ChallengeFacts {
+                id: &echo.id,
+                realm: &echo.realm,
+                expires_at_s: echo
+                    .expires_at()
+                    .ok()
+                    .flatten()
+                    .map_or(0, |t| t.timestamp()),
+            };
+            state
+                .rails
+                .evm
+                .verify(
+                    &config,
+                    facts,
+                    &crate::rails::price_terms(&price.definition),
+                    credential,
+                    state.now_ms().div_euclid(1000),
+                )
+                .map(|v| Verified::Evm(Box::new(v), config))
+                .map_err(|r| (r.kind, r.detail))
         }
         _ => {
             return Ok(Err(retry(
@@ -661,43 +777,39 @@ async fn settle(
         id: payment_id.clone(),
         tenant_id: tenant.id.clone(),
         challenge_id: checked.credential.challenge.id.clone(),
-        proof_key: format!("turnpike:{}", checked.verified.grant_id),
+        proof_key: String::new(),
         state: "settled".to_owned(),
         method: checked.credential.challenge.method.clone(),
         amount: checked.price.definition.amount.clone(),
         currency: checked.price.definition.currency.clone(),
         price_id: checked.price.id.clone(),
         price_version: checked.price.version,
-        payer_tenant_id: Some(checked.verified.payer_tenant_id.clone()),
-        // The balance method settles in the ledger: the payment id is its own reference.
-        reference: Some(payment_id.clone()),
+        payer_tenant_id: None,
+        reference: None,
         created_at: now_ms,
         updated_at: now_ms,
     };
+    let grant = match checked.verified {
+        Verified::Turnpike(grant) => grant,
+        Verified::Evm(verified, config) => {
+            return settle_evm(
+                state, secrets, tenant, facts, digest, row, &verified, &config,
+            )
+            .await;
+        }
+    };
+    let row = PaymentRow {
+        proof_key: format!("turnpike:{}", grant.grant_id),
+        payer_tenant_id: Some(grant.payer_tenant_id.clone()),
+        // The balance method settles in the ledger: the payment id is its own reference.
+        reference: Some(payment_id.clone()),
+        ..row
+    };
     // The payment row and the posting commit together (one ledger transaction): a challenge or
     // proof used before is refused there, on every replica.
-    match method_turnpike::settle(
-        state,
-        tenant,
-        row,
-        &checked.verified,
-        &checked.price.definition,
-    )
-    .await
-    {
+    match method_turnpike::settle(state, tenant, row, &grant, &checked.price.definition).await {
         Ok(()) => {}
-        Err(method_turnpike::SettleError::Taken) => {
-            return Ok(Decision::refused(
-                DecisionKind::Forbidden,
-                403,
-                turnpike_problem(
-                    "credential-already-used",
-                    "Credential already used",
-                    403,
-                    "this challenge or proof has already been used for a payment",
-                ),
-            ));
-        }
+        Err(method_turnpike::SettleError::Taken) => return Ok(already_used()),
         Err(method_turnpike::SettleError::Refused(kind, detail)) => {
             return challenge_for(state, secrets, tenant, facts, digest, retry(kind, detail)).await;
         }
@@ -709,4 +821,78 @@ async fn settle(
         .map_err(|_| ApiError::internal())?;
     tracing::info!(payment = %payment_id, tenant = %tenant.id, "payment settled");
     Ok(Decision::paid(payment_id, receipt))
+}
+
+fn already_used() -> Decision {
+    Decision::refused(
+        DecisionKind::Forbidden,
+        403,
+        turnpike_problem(
+            "credential-already-used",
+            "Credential already used",
+            403,
+            "this challenge or proof has already been used for a payment",
+        ),
+    )
+}
+
+/// Settle an `evm` credential on its chain (see [`crate::rails::settle_evm`]).
+#[allow(clippy::too_many_arguments)]
+async fn settle_evm(
+    state: &AppState,
+    secrets: &Secrets,
+    tenant: &TenantRow,
+    facts: &RequestFacts,
+    digest: Option<&ContentDigest>,
+    row: PaymentRow,
+    verified: &turnpike_rails::evm::VerifiedEvm,
+    config: &turnpike_rails::evm::EvmConfig,
+) -> Result<Decision, ApiError> {
+    let challenge_id = row.challenge_id.clone();
+    let row = PaymentRow {
+        proof_key: state.rails.evm.replay_token(verified),
+        ..row
+    };
+    match crate::rails::settle_evm(state, config, row, verified).await? {
+        crate::rails::Outcome::Paid {
+            payment_id,
+            reference,
+        } => {
+            let timestamp =
+                chrono::DateTime::from_timestamp_millis(state.now_ms()).unwrap_or_default();
+            let mut receipt = Receipt::success("evm", timestamp, &reference);
+            receipt
+                .extra
+                .insert("challengeId".into(), Value::String(challenge_id));
+            receipt
+                .extra
+                .insert("chainId".into(), Value::from(verified.chain_id));
+            let receipt = receipt
+                .to_header_value()
+                .map_err(|_| ApiError::internal())?;
+            Ok(Decision::paid(payment_id, receipt))
+        }
+        crate::rails::Outcome::Pending { payment_id } => Ok(Decision::pending(
+            payment_id,
+            turnpike_problem(
+                "settlement-pending",
+                "Settlement pending",
+                202,
+                "the payment was submitted but its outcome is not known yet; it will be \
+                 settled or released without being charged twice",
+            ),
+        )),
+        crate::rails::Outcome::Taken => Ok(already_used()),
+        crate::rails::Outcome::Refused(rejection) => {
+            challenge_for(
+                state,
+                secrets,
+                tenant,
+                facts,
+                digest,
+                retry(rejection.kind, rejection.detail),
+            )
+            .await
+        }
+    }
 }

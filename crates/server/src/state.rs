@@ -36,6 +36,9 @@ pub struct Config {
     pub upstream_timeout: Duration,
     /// For tests only: the clock stands still and moves only by `POST /v1/admin/clock`.
     pub test_clock: bool,
+    /// The key that seals rail secrets at rest (`TURNPIKE_SECRETS_KEY`); without it, rail
+    /// configurations with secrets are refused.
+    pub secrets_key: Option<crate::secrets::SecretsKey>,
 }
 
 impl std::fmt::Debug for Config {
@@ -46,6 +49,7 @@ impl std::fmt::Debug for Config {
             .field("platform_fee_bps", &self.platform_fee_bps)
             .field("upstream_timeout", &self.upstream_timeout)
             .field("test_clock", &self.test_clock)
+            .field("secrets_key", &self.secrets_key.is_some())
             .finish()
     }
 }
@@ -71,6 +75,10 @@ pub struct Inner {
     pub caches: Caches,
     /// The hand-set clock of a server started with a test clock.
     pub test_clock: Option<Arc<turnpike_ledger::ManualClock>>,
+    /// The settlement rails.
+    pub rails: crate::rails::Rails,
+    /// Hot wallets' last gas readings.
+    pub gas: crate::rails::GasReadings,
     keys: RwLock<KeyRing>,
     accounts_known: Mutex<HashSet<u128>>,
 }
@@ -108,6 +116,8 @@ pub struct Caches {
     pub token_rows: TtlCache<String, turnpike_store::AgentTokenRow>,
     /// Token id -> its own limits, compiled (they never change).
     pub token_limits: TtlCache<String, Option<Arc<turnpike_policy::policy::CompiledTokenLimits>>>,
+    /// Tenants' `evm` rail configurations (secrets opened).
+    pub evm_configs: TtlCache<String, Option<Arc<turnpike_rails::evm::EvmConfig>>>,
 }
 
 impl Caches {
@@ -123,6 +133,7 @@ impl Caches {
             policies: TtlCache::new(CACHE_TTL, CACHE_ENTRIES_MAX),
             token_limits: TtlCache::new(Duration::from_secs(3_600), CACHE_ENTRIES_MAX),
             token_rows: TtlCache::new(Duration::from_secs(60), CACHE_ENTRIES_MAX),
+            evm_configs: TtlCache::new(CACHE_TTL, CACHE_ENTRIES_MAX),
         }
     }
 }
@@ -154,6 +165,8 @@ impl AppState {
             http,
             caches: Caches::new(),
             test_clock,
+            rails: crate::rails::Rails::default(),
+            gas: crate::rails::GasReadings::default(),
             keys: RwLock::new(keys),
             accounts_known: Mutex::new(HashSet::new()),
         })))

@@ -32,6 +32,19 @@ pub enum LedgerGuard {
     /// Evaluate an agent's payment against its policy and record its spend
     /// (see [`crate::spend_guard`]).
     Spend(Box<SpendGuard>),
+    /// Mark a claimed or pending payment (settled on an outside rail) `settled` with its rail
+    /// reference. Refused with [`GuardRefusal::PaymentTaken`] when it is not claimed or pending
+    /// any more (settled already, or released): the booking then never happens twice.
+    Settle(Box<SettleGuard>),
+}
+
+/// A payment settled on an outside rail, booked with its transfers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettleGuard {
+    /// The payment (`pay_...`).
+    pub payment_id: String,
+    /// The rail's reference (receipt `reference`).
+    pub reference: String,
 }
 
 /// Why the store refused a guard.
@@ -98,7 +111,7 @@ fn payments(commands: &[Command<LedgerGuard>]) -> Vec<(usize, &PaymentRow)> {
         .enumerate()
         .filter_map(|(i, command)| match command {
             Command::Guarded(LedgerGuard::Payment(row), _) => Some((i, &**row)),
-            Command::Guarded(LedgerGuard::Spend(_), _)
+            Command::Guarded(LedgerGuard::Spend(_) | LedgerGuard::Settle(_), _)
             | Command::Linked(_)
             | Command::Expire(_) => None,
         })
@@ -150,6 +163,8 @@ pub(crate) fn db_err(conn: &Conn<'_>) -> impl Fn(sqlx::Error) -> BackendError + 
 pub(crate) struct Guards<'a> {
     payments: Recorded<'a>,
     spends: SpendState<'a>,
+    /// The settle guards that marked their payment settled: (command index, payment id).
+    settled: Vec<(usize, &'a str)>,
 }
 
 impl Guards<'_> {
@@ -168,7 +183,13 @@ pub(crate) async fn before_ledger<'a>(
     let mut payments = record_payments(conn, commands).await?;
     let spends = crate::spend_guard::before_ledger(conn, commands, now_ms).await?;
     payments.merge(commands.len(), spends.refusals());
-    Ok(Guards { payments, spends })
+    let (settled, refused) = mark_settled(conn, commands, now_ms).await?;
+    payments.merge(commands.len(), refused.into_iter());
+    Ok(Guards {
+        payments,
+        spends,
+        settled,
+    })
 }
 
 /// Undo the guards whose transfers failed and record what the batch decided.
@@ -180,6 +201,7 @@ pub(crate) async fn after_ledger(
     now_ms: i64,
 ) -> Result<(), BackendError> {
     drop_failed_payments(conn, &guards.payments, results).await?;
+    unmark_failed_settlements(conn, &guards.settled, results, now_ms).await?;
     crate::spend_guard::after_ledger(conn, &guards.spends, results, pending_updates, now_ms).await
 }
 
@@ -196,6 +218,59 @@ const SQLITE_INSERT_PAYMENT: &str = "INSERT INTO payments (id, tenant_id, challe
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
      ON CONFLICT DO NOTHING";
 const DELETE_PAYMENT: &str = "DELETE FROM payments WHERE id = $1";
+const MARK_SETTLED: &str = "UPDATE payments SET state = 'settled', reference = $2, \
+     updated_at = $3 WHERE id = $1 AND state IN ('claimed', 'pending')";
+const UNMARK_SETTLED: &str =
+    "UPDATE payments SET state = 'pending', updated_at = $2 WHERE id = $1 AND state = 'settled'";
+
+/// What the batch's settle guards did: the payments marked settled, and the refusals.
+type SettleMarks<'a> = (Vec<(usize, &'a str)>, Vec<(usize, GuardRefusal)>);
+
+/// The batch's settle guards: mark each payment settled; refuse those not claimed or pending.
+async fn mark_settled<'a>(
+    conn: &mut Conn<'_>,
+    commands: &'a [Command<LedgerGuard>],
+    now_ms: i64,
+) -> Result<SettleMarks<'a>, BackendError> {
+    let err = db_err(conn);
+    let mut marked = Vec::new();
+    let mut refused = Vec::new();
+    for (i, command) in commands.iter().enumerate() {
+        let Command::Guarded(LedgerGuard::Settle(guard), _) = command else {
+            continue;
+        };
+        let done = on_conn!(conn, c => sqlx::query(MARK_SETTLED)
+            .bind(&guard.payment_id)
+            .bind(&guard.reference)
+            .bind(now_ms)
+            .execute(&mut **c).await.map_err(&err)?.rows_affected());
+        if done == 0 {
+            refused.push((i, GuardRefusal::PaymentTaken));
+        } else {
+            marked.push((i, guard.payment_id.as_str()));
+        }
+    }
+    Ok((marked, refused))
+}
+
+/// A settle guard whose transfers failed leaves its payment pending again (the resolver retries).
+async fn unmark_failed_settlements(
+    conn: &mut Conn<'_>,
+    settled: &[(usize, &str)],
+    results: &[CommandResult<LedgerGuard>],
+    now_ms: i64,
+) -> Result<(), BackendError> {
+    let err = db_err(conn);
+    for (i, payment_id) in settled {
+        if !results[*i].applied() {
+            on_conn!(conn, c => sqlx::query(UNMARK_SETTLED)
+                .bind(*payment_id)
+                .bind(now_ms)
+                .execute(&mut **c).await.map_err(&err)?.rows_affected());
+        }
+    }
+    Ok(())
+}
 
 /// Insert the batch's payment rows (PostgreSQL: one statement; SQLite: one per row, in
 /// process); one refusal slot per command.

@@ -142,7 +142,7 @@ fn is_unique_violation(err: &sqlx::Error) -> bool {
 type TenantTuple = (String, String, String, String, i64);
 type ApiKeyTuple = (String, String, String, String, String, i64, Option<i64>);
 type PriceTuple = (String, String, i64, String, i64, i64);
-type PaymentTuple = (
+pub(crate) type PaymentTuple = (
     String,
     String,
     String,
@@ -191,7 +191,7 @@ fn price(t: PriceTuple) -> PriceRow {
     }
 }
 
-fn payment(t: PaymentTuple) -> PaymentRow {
+pub(crate) fn payment(t: PaymentTuple) -> PaymentRow {
     PaymentRow {
         id: t.0,
         tenant_id: t.1,
@@ -212,7 +212,7 @@ fn payment(t: PaymentTuple) -> PaymentRow {
 
 const TENANT_COLUMNS: &str = "id, name, slug, realm, created_at";
 const API_KEY_COLUMNS: &str = "id, tenant_id, name, prefix, secret_hash, created_at, revoked_at";
-const PAYMENT_COLUMNS: &str = "id, tenant_id, challenge_id, proof_key, state, method, amount, \
+pub(crate) const PAYMENT_COLUMNS: &str = "id, tenant_id, challenge_id, proof_key, state, method, amount, \
      currency, price_id, price_version, payer_tenant_id, reference, created_at, updated_at";
 
 /// Most rows one listing returns.

@@ -41,6 +41,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         "spend usage index",
         include_str!("../../../migrations/sqlite/0005_spend_usage_index.sql"),
     ),
+    (
+        6,
+        "rails",
+        include_str!("../../../migrations/sqlite/0006_rails.sql"),
+    ),
 ];
 
 /// (version, description, SQL) of every PostgreSQL migration, in order.
@@ -69,6 +74,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         5,
         "spend usage index",
         include_str!("../../../migrations/postgres/0005_spend_usage_index.sql"),
+    ),
+    (
+        6,
+        "rails",
+        include_str!("../../../migrations/postgres/0006_rails.sql"),
     ),
 ];
 

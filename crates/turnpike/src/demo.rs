@@ -92,6 +92,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         platform_fee_bps: PLATFORM_FEE_BPS,
         upstream_timeout: Duration::from_secs(30),
         test_clock: false,
+        secrets_key: crate::serve::secrets_key_from_env()?,
     };
     let store = db.open(true).await?;
     let state = turnpike_server::start(store, config).await?;

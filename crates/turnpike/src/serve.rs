@@ -65,7 +65,18 @@ impl ServeArgs {
             platform_fee_bps: self.platform_fee_bps,
             upstream_timeout: Duration::from_secs(self.upstream_timeout_s.clamp(1, 600)),
             test_clock: self.test_clock,
+            secrets_key: secrets_key_from_env()?,
         })
+    }
+}
+
+/// The key that seals rail secrets, from `TURNPIKE_SECRETS_KEY` (absent: rails with secrets
+/// are refused with a clear error).
+pub fn secrets_key_from_env() -> anyhow::Result<Option<turnpike_server::secrets::SecretsKey>> {
+    use turnpike_server::secrets::{SECRETS_KEY_ENV, SecretsKey};
+    match std::env::var(SECRETS_KEY_ENV) {
+        Ok(text) if !text.is_empty() => Ok(Some(SecretsKey::parse(&text)?)),
+        _ => Ok(None),
     }
 }
 
@@ -155,6 +166,7 @@ pub async fn tenant_create(args: TenantCreateArgs) -> anyhow::Result<()> {
         platform_fee_bps: 0,
         upstream_timeout: Duration::from_secs(30),
         test_clock: false,
+        secrets_key: None,
     };
     let state = turnpike_server::start(store, config).await?;
     let input = NewTenant {

@@ -1,4 +1,4 @@
-//! Health, readiness and the public signing keys.
+//! Health, readiness, metrics and the public signing keys.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -9,12 +9,24 @@ use serde_json::json;
 
 use crate::state::AppState;
 
-/// `/healthz`, `/readyz`, `/.well-known/jwks.json`.
+/// `/healthz`, `/readyz`, `/metrics`, `/.well-known/jwks.json`.
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(ready))
         .route("/.well-known/jwks.json", get(jwks))
+        .route("/metrics", get(metrics))
+}
+
+/// Prometheus text format: the evm hot wallets' gas (the low-gas alert) for now.
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.gas.metrics(),
+    )
 }
 
 async fn ready(State(state): State<AppState>) -> impl IntoResponse {

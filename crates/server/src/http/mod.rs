@@ -13,6 +13,7 @@ pub mod gateway;
 pub mod health;
 pub mod payments;
 pub mod prices;
+pub mod rails;
 pub mod spend;
 pub mod tenant;
 
@@ -23,6 +24,7 @@ pub fn router() -> Router<AppState> {
         .merge(admin::router())
         .merge(tenant::router())
         .merge(prices::router())
+        .merge(rails::router())
         .merge(payments::router())
         .merge(agents::router())
         .merge(spend::router())

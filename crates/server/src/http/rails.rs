@@ -1,0 +1,174 @@
+//! Rail configuration: `PUT/GET/DELETE /v1/rails/{method}` (tenant key). Secrets in the body
+//! (`hotWalletKey`) are sealed at rest and never returned; the response shows the hot wallet's
+//! address instead.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::put;
+use serde_json::{Map, Value, json};
+use turnpike_rails::evm::{EvmConfig, EvmSettings};
+
+use super::rfc3339;
+use crate::auth::TenantAuth;
+use crate::error::{ApiError, ApiResult};
+use crate::rails::{EvmSecrets, open_evm_config, sealed_context};
+use crate::state::AppState;
+
+/// `/v1/rails/{method}`.
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/rails/{method}", put(upsert).get(read).delete(remove))
+}
+
+/// The rails a tenant can configure.
+pub const CONFIGURABLE_RAILS: &[&str] = &["evm"];
+
+fn known(method: &str) -> ApiResult<()> {
+    if CONFIGURABLE_RAILS.contains(&method) {
+        Ok(())
+    } else {
+        Err(ApiError::not_found("rail"))
+    }
+}
+
+fn rail_json(settings: &str, version: i64, updated_at: i64, method: &str) -> ApiResult<Value> {
+    let mut body: Value = serde_json::from_str(settings).map_err(|_| ApiError::internal())?;
+    body["method"] = json!(method);
+    body["version"] = json!(version);
+    body["updatedAt"] = json!(rfc3339(updated_at));
+    Ok(body)
+}
+
+async fn upsert(
+    auth: TenantAuth,
+    State(state): State<AppState>,
+    Path(method): Path<String>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, axum::Json<Value>)> {
+    known(&method)?;
+    let mut object: Map<String, Value> = match serde_json::from_slice(&body) {
+        Ok(Value::Object(map)) => map,
+        Ok(_) => return Err(ApiError::invalid("the body must be a JSON object")),
+        Err(err) => return Err(ApiError::invalid(format!("invalid JSON body: {err}"))),
+    };
+    if object.remove("hotWalletAddress").is_some() {
+        return Err(ApiError::invalid(
+            "`hotWalletAddress` is read only: set `hotWalletKey` instead",
+        ));
+    }
+    let tenant_id = auth.tenant.id.clone();
+    let existing = state.store.rail_config(&tenant_id, &method).await?;
+    // `hotWalletKey`: a new key; `null` removes it; omitted keeps the current one.
+    let key = match object.remove("hotWalletKey") {
+        Some(Value::String(key)) => Some(key),
+        Some(Value::Null) => None,
+        Some(_) => return Err(ApiError::invalid("`hotWalletKey` must be a string")),
+        None => match existing.as_ref() {
+            Some(row) => open_evm_config(&state, row)?
+                .hot_wallet
+                .map(|w| format!("0x{}", alloy::hex::encode(w.to_bytes()))),
+            None => None,
+        },
+    };
+    let settings: EvmSettings =
+        serde_path_to_error::deserialize(Value::Object(object)).map_err(|err| {
+            let path = err.path().to_string();
+            let inner = err.into_inner();
+            if path == "." {
+                ApiError::invalid(format!("invalid rail configuration: {inner}"))
+            } else {
+                ApiError::invalid(format!("invalid rail configuration at `{path}`: {inner}"))
+            }
+        })?;
+    let config = EvmConfig::new(settings, key.as_deref())
+        .map_err(|err| ApiError::invalid(err.to_string()))?;
+    let sealed = match &key {
+        None => None,
+        Some(key) => {
+            let secrets_key = state.config.secrets_key.as_ref().ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::CONFLICT,
+                    "secrets-key-missing",
+                    "this server has no TURNPIKE_SECRETS_KEY, so it cannot keep a hot wallet key; \
+                     ask the operator to set one",
+                )
+            })?;
+            let secrets = EvmSecrets {
+                hot_wallet_key: Some(key.clone()),
+            };
+            let plain = serde_json::to_vec(&secrets).map_err(|_| ApiError::internal())?;
+            Some(
+                secrets_key
+                    .seal(&plain, &sealed_context(&tenant_id, &method))
+                    .map_err(|_| ApiError::internal())?,
+            )
+        }
+    };
+    let settings_text =
+        serde_json::to_string(&config.settings).map_err(|_| ApiError::internal())?;
+    let now_ms = state.now_ms();
+    let version = state
+        .store
+        .put_rail_config(
+            &tenant_id,
+            &method,
+            &settings_text,
+            sealed.as_deref(),
+            now_ms,
+        )
+        .await?;
+    state.caches.evm_configs.remove(&tenant_id);
+    state.caches.prices.remove(&tenant_id);
+    // Read the new hot wallet's gas now, so a dry wallet is not offered until the next pass.
+    if config.hot_wallet.is_some()
+        && let Err(err) = state.rails.evm.refresh_gas(&config).await
+    {
+        tracing::warn!(tenant = %tenant_id, error = %err, "reading the new hot wallet's gas failed");
+    }
+    let status = if version == 1 {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        axum::Json(rail_json(&settings_text, version, now_ms, &method)?),
+    ))
+}
+
+async fn read(
+    auth: TenantAuth,
+    State(state): State<AppState>,
+    Path(method): Path<String>,
+) -> ApiResult<axum::Json<Value>> {
+    known(&method)?;
+    let row = state
+        .store
+        .rail_config(&auth.tenant.id, &method)
+        .await?
+        .ok_or_else(|| ApiError::not_found("rail configuration"))?;
+    Ok(axum::Json(rail_json(
+        &row.settings,
+        row.version,
+        row.updated_at,
+        &method,
+    )?))
+}
+
+async fn remove(
+    auth: TenantAuth,
+    State(state): State<AppState>,
+    Path(method): Path<String>,
+) -> ApiResult<StatusCode> {
+    known(&method)?;
+    if !state
+        .store
+        .delete_rail_config(&auth.tenant.id, &method)
+        .await?
+    {
+        return Err(ApiError::not_found("rail configuration"));
+    }
+    state.caches.evm_configs.remove(&auth.tenant.id);
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,441 @@
+//! The settlement rails as the server uses them: each tenant's rail configuration (cached,
+//! secrets opened with the server's [`SecretsKey`](crate::secrets::SecretsKey)), settling a
+//! verified credential on an outside rail (claim, prepare, record, submit, book), the resolver
+//! that finishes settlements whose outcome was unknown, and the hot-wallet gas watcher.
+//!
+//! A payment on an outside rail moves through `claimed` (its challenge and proof are taken) →
+//! `pending` (submitted, outcome unknown) → `settled` (booked in the ledger, once: the
+//! [`LedgerGuard::Settle`] guard only books a claimed or pending payment), or is released
+//! (deleted: nothing moved, the client may pay again).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use turnpike_ledger::{AccountKind, TransferId, TransferRequest};
+use turnpike_rails::evm::{EvmConfig, EvmSettings};
+use turnpike_rails::{EvmRail, PrepareError, Prepared, PriceTerms, Rail, Rejection, Settlement};
+use turnpike_store::{GuardRefusal, LedgerGuard, PaymentRow, SettleGuard};
+
+use crate::catalog::PriceDefinition;
+use crate::error::ApiError;
+use crate::ids;
+use crate::method_turnpike::fee_minor;
+use crate::state::{AppState, PLATFORM_OWNER};
+
+/// Ledger codes of outside-rail settlements (beside [`crate::method_turnpike::codes`]).
+pub mod codes {
+    /// A payment received on an outside rail, from its clearing account to the merchant.
+    pub const RAIL_PAYMENT: u16 = 10;
+    /// The platform fee on it.
+    pub const RAIL_FEE: u16 = 11;
+}
+
+/// How often the resolver looks for unsettled payments.
+pub const RESOLVE_INTERVAL: Duration = Duration::from_secs(1);
+/// A `pending` payment is resolved once it is this old (the verify that submitted it gave up).
+pub const PENDING_RESOLVE_AFTER_MS: i64 = 500;
+/// A `claimed` payment untouched this long was abandoned mid-verify (a crash): resolved too.
+pub const CLAIM_ABANDONED_AFTER_MS: i64 = 60_000;
+/// Most payments one resolver pass looks at.
+pub const RESOLVE_BATCH_MAX: i64 = 100;
+/// How often hot wallets' gas is read.
+pub const GAS_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+/// Most rail configurations one gas pass reads.
+pub const GAS_CHECK_BATCH_MAX: i64 = 1_000;
+
+/// The rails this server settles on.
+#[derive(Debug, Default)]
+pub struct Rails {
+    /// `evm`.
+    pub evm: EvmRail,
+}
+
+/// The secrets of an `evm` configuration (sealed at rest).
+#[derive(Debug, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EvmSecrets {
+    /// The hot wallet's private key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hot_wallet_key: Option<String>,
+}
+
+/// The row context a sealed secret is bound to.
+pub fn sealed_context(tenant_id: &str, method: &str) -> String {
+    format!("{tenant_id}/{method}")
+}
+
+/// A tenant's `evm` configuration, or `None` when it has none (cached briefly).
+pub async fn evm_config(
+    state: &AppState,
+    tenant_id: &str,
+) -> Result<Option<Arc<EvmConfig>>, ApiError> {
+    let key = tenant_id.to_owned();
+    if let Some(config) = state.caches.evm_configs.get(&key) {
+        return Ok(config);
+    }
+    let config = match state.store.rail_config(tenant_id, "evm").await? {
+        None => None,
+        Some(row) => Some(Arc::new(open_evm_config(state, &row)?)),
+    };
+    state.caches.evm_configs.insert(key, config.clone());
+    Ok(config)
+}
+
+/// Parse a stored `evm` configuration and open its secrets.
+pub fn open_evm_config(
+    state: &AppState,
+    row: &turnpike_store::RailConfigRow,
+) -> Result<EvmConfig, ApiError> {
+    let broken = |what: &str| {
+        tracing::error!(tenant = %row.tenant_id, what, "a stored evm rail configuration is unusable");
+        ApiError::unavailable("this merchant's evm rail configuration is unusable")
+    };
+    let settings: EvmSettings =
+        serde_json::from_str(&row.settings).map_err(|_| broken("settings"))?;
+    let secrets = match &row.sealed {
+        None => EvmSecrets::default(),
+        Some(sealed) => {
+            let key = state
+                .config
+                .secrets_key
+                .as_ref()
+                .ok_or_else(|| broken("no TURNPIKE_SECRETS_KEY"))?;
+            let plain = key
+                .open(sealed, &sealed_context(&row.tenant_id, &row.method))
+                .map_err(|_| broken("secrets do not open"))?;
+            serde_json::from_slice(&plain).map_err(|_| broken("secrets"))?
+        }
+    };
+    EvmConfig::new(settings, secrets.hot_wallet_key.as_deref()).map_err(|_| broken("validation"))
+}
+
+/// The price as a rail sees it.
+pub fn price_terms(def: &PriceDefinition) -> PriceTerms<'_> {
+    PriceTerms {
+        amount: &def.amount,
+        amount_minor: def.amount_minor(),
+        currency: &def.currency,
+        description: def.description.as_deref(),
+    }
+}
+
+/// How an outside-rail settlement ended for the verify call.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Settled and booked.
+    Paid {
+        /// The payment.
+        payment_id: String,
+        /// Receipt `reference`.
+        reference: String,
+    },
+    /// Submitted; the outcome is not known yet (the resolver finishes it).
+    Pending {
+        /// The payment.
+        payment_id: String,
+    },
+    /// The challenge or the proof was already used.
+    Taken,
+    /// Refused: nothing moved, the claim is released.
+    Refused(Rejection),
+}
+
+/// Settle a verified `evm` credential: claim its challenge and proof, prepare and record the
+/// submission, submit it, and book it once it is final.
+pub async fn settle_evm(
+    state: &AppState,
+    config: &EvmConfig,
+    mut row: PaymentRow,
+    verified: &turnpike_rails::evm::VerifiedEvm,
+) -> Result<Outcome, ApiError> {
+    let rail = &state.rails.evm;
+    row.state = "claimed".to_owned();
+    row.payer_tenant_id = None;
+    if !state.store.claim_payment(&row).await? {
+        return Ok(Outcome::Taken);
+    }
+    let payment_id = row.id.clone();
+    let prepared = match rail.prepare(config, verified).await {
+        Ok(prepared) => prepared,
+        Err(err) => {
+            state.store.release_payment(&payment_id).await?;
+            return match err {
+                PrepareError::Rejected(rejection) => Ok(Outcome::Refused(rejection)),
+                PrepareError::Unavailable(why) => {
+                    tracing::warn!(payment = %payment_id, reason = %why, "evm rail unavailable");
+                    Err(ApiError::unavailable(format!(
+                        "the evm rail is unavailable; nothing was charged ({why})"
+                    )))
+                }
+            };
+        }
+    };
+    // Recorded before anything is sent: after a crash the resolver finds and finishes it.
+    let record = serde_json::to_string(&prepared).map_err(|_| ApiError::internal())?;
+    if !state
+        .store
+        .record_settlement(&payment_id, &prepared.reference, &record, state.now_ms())
+        .await?
+    {
+        return Err(ApiError::internal());
+    }
+    let settlement = rail.submit(config, &prepared).await;
+    finish(state, &row, settlement).await
+}
+
+/// Act on a settlement's outcome: book it, leave it pending, or release the claim.
+async fn finish(
+    state: &AppState,
+    row: &PaymentRow,
+    settlement: Settlement,
+) -> Result<Outcome, ApiError> {
+    match settlement {
+        Settlement::Settled { reference } => {
+            book(state, row, &reference).await?;
+            tracing::info!(payment = %row.id, tenant = %row.tenant_id, method = %row.method, "payment settled");
+            Ok(Outcome::Paid {
+                payment_id: row.id.clone(),
+                reference,
+            })
+        }
+        Settlement::Pending => {
+            state.store.mark_pending(&row.id, state.now_ms()).await?;
+            tracing::warn!(payment = %row.id, method = %row.method, "settlement outcome unknown; pending");
+            Ok(Outcome::Pending {
+                payment_id: row.id.clone(),
+            })
+        }
+        Settlement::Failed(rejection) => {
+            state.store.release_payment(&row.id).await?;
+            tracing::info!(payment = %row.id, reason = %rejection.detail, "settlement failed; claim released");
+            Ok(Outcome::Refused(rejection))
+        }
+    }
+}
+
+/// The transfer that books an outside-rail payment.
+pub fn rail_payment_id(payment_id: &str) -> TransferId {
+    TransferId(ids::derived_u128(&["rail-payment", payment_id]))
+}
+
+/// The platform fee on it.
+pub fn rail_fee_id(payment_id: &str) -> TransferId {
+    TransferId(ids::derived_u128(&["rail-fee", payment_id]))
+}
+
+/// Book a payment settled on an outside rail: the rail's clearing account pays the merchant's
+/// revenue, and the platform fee moves as a linked transfer, with the payment marked settled in
+/// the same transaction. A payment already settled is not booked again.
+pub async fn book(state: &AppState, row: &PaymentRow, reference: &str) -> Result<bool, ApiError> {
+    let amount: u128 = row.amount.parse().map_err(|_| ApiError::internal())?;
+    let clearing = state
+        .account(PLATFORM_OWNER, AccountKind::RailClearing, &row.currency)
+        .await?;
+    let revenue = state
+        .account(&row.tenant_id, AccountKind::MerchantRevenue, &row.currency)
+        .await?;
+    let mut transfers = vec![TransferRequest::Transfer {
+        id: rail_payment_id(&row.id),
+        debit_account_id: clearing,
+        credit_account_id: revenue,
+        amount,
+        currency: row.currency.clone(),
+        timeout_ms: None,
+        code: codes::RAIL_PAYMENT,
+        user_data: Some(row.id.clone()),
+    }];
+    let fee = fee_minor(amount, state.config.platform_fee_bps);
+    if fee > 0 {
+        let fees = state
+            .account(PLATFORM_OWNER, AccountKind::PlatformFees, &row.currency)
+            .await?;
+        transfers.push(TransferRequest::Transfer {
+            id: rail_fee_id(&row.id),
+            debit_account_id: revenue,
+            credit_account_id: fees,
+            amount: fee,
+            currency: row.currency.clone(),
+            timeout_ms: None,
+            code: codes::RAIL_FEE,
+            user_data: Some(row.id.clone()),
+        });
+    }
+    let guard = LedgerGuard::Settle(Box::new(SettleGuard {
+        payment_id: row.id.clone(),
+        reference: reference.to_owned(),
+    }));
+    let results = state
+        .engine
+        .guarded(guard, transfers)
+        .await
+        .map_err(|err| {
+            tracing::error!(error = %err, "ledger failed while booking a rail payment");
+            ApiError::unavailable("the ledger failed; the payment stays pending")
+        })?;
+    match results {
+        Err(GuardRefusal::PaymentTaken) => Ok(false),
+        Err(other) => {
+            tracing::error!(refusal = ?other, "unexpected refusal booking a rail payment");
+            Err(ApiError::internal())
+        }
+        Ok(results) if results.iter().all(Result::is_ok) => Ok(true),
+        Ok(results) => {
+            tracing::error!(?results, payment = %row.id, "booking a rail payment failed; left pending");
+            Err(ApiError::unavailable(
+                "the ledger refused the booking; the payment stays pending",
+            ))
+        }
+    }
+}
+
+/// One resolver pass over the `evm` payments not settled yet; returns how many it finished.
+pub async fn resolve_once(state: &AppState) -> Result<usize, ApiError> {
+    let now_ms = state.now_ms();
+    let mut finished = 0;
+    let candidates = state
+        .store
+        .unsettled_payments("evm", now_ms - PENDING_RESOLVE_AFTER_MS, RESOLVE_BATCH_MAX)
+        .await?;
+    for unsettled in candidates {
+        let row = &unsettled.payment;
+        let abandoned = row.updated_at < now_ms - CLAIM_ABANDONED_AFTER_MS;
+        if row.state == "claimed" && !abandoned {
+            continue; // a verify call is still on it
+        }
+        let Some(record) = unsettled.settlement.as_deref() else {
+            // Claimed and abandoned before anything was recorded: nothing was sent.
+            state.store.release_payment(&row.id).await?;
+            finished += 1;
+            continue;
+        };
+        let Ok(prepared) = serde_json::from_str::<Prepared>(record) else {
+            tracing::error!(payment = %row.id, "unreadable settlement record; left for an operator");
+            continue;
+        };
+        let Some(config) = evm_config(state, &row.tenant_id).await? else {
+            tracing::warn!(payment = %row.id, "pending evm payment but the tenant has no evm rail any more");
+            continue;
+        };
+        let settlement = state
+            .rails
+            .evm
+            .resolve(&config, &prepared, now_ms.div_euclid(1000))
+            .await;
+        if settlement == Settlement::Pending {
+            state.store.mark_pending(&row.id, state.now_ms()).await?;
+            continue;
+        }
+        finish(state, row, settlement).await?;
+        finished += 1;
+    }
+    Ok(finished)
+}
+
+/// One gas pass: read every `evm` hot wallet's balance.
+pub async fn check_gas_once(state: &AppState) -> Result<(), ApiError> {
+    for row in state.store.rail_configs("evm", GAS_CHECK_BATCH_MAX).await? {
+        let Ok(config) = open_evm_config(state, &row) else {
+            continue;
+        };
+        match state.rails.evm.refresh_gas(&config).await {
+            Ok(Some(balance)) => {
+                let low = state.rails.evm.gas_low(&config);
+                if low {
+                    tracing::warn!(tenant = %row.tenant_id, chain_id = config.settings.chain_id,
+                        "evm hot wallet below its gas floor: evm challenges are not offered");
+                }
+                state.gas.record(&row.tenant_id, &config, balance, low);
+            }
+            Ok(None) => {}
+            Err(err) => {
+                tracing::warn!(tenant = %row.tenant_id, error = %err, "reading hot wallet gas failed");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Start the resolver and the gas watcher.
+pub fn spawn_jobs(state: AppState) {
+    let resolver = state.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(RESOLVE_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(err) = resolve_once(&resolver).await {
+                tracing::warn!(error = ?err, "resolver pass failed");
+            }
+        }
+    });
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(GAS_CHECK_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(err) = check_gas_once(&state).await {
+                tracing::warn!(error = ?err, "gas check failed");
+            }
+        }
+    });
+}
+
+/// (tenant, chain id, hot wallet address) → (balance in wei, below the floor).
+type GasMap = std::collections::BTreeMap<(String, u64, String), (String, bool)>;
+
+/// The last gas reading of each hot wallet, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct GasReadings {
+    readings: std::sync::Mutex<GasMap>,
+}
+
+impl GasReadings {
+    fn record(
+        &self,
+        tenant_id: &str,
+        config: &EvmConfig,
+        balance: alloy::primitives::U256,
+        low: bool,
+    ) {
+        let Some(address) = config.settings.hot_wallet_address else {
+            return;
+        };
+        if let Ok(mut map) = self.readings.lock() {
+            map.insert(
+                (
+                    tenant_id.to_owned(),
+                    config.settings.chain_id,
+                    address.to_string(),
+                ),
+                (balance.to_string(), low),
+            );
+        }
+    }
+
+    /// Prometheus text lines: `turnpike_evm_hot_wallet_low` (the alert) and the balance.
+    pub fn metrics(&self) -> String {
+        let mut out = String::from(
+            "# HELP turnpike_evm_hot_wallet_low 1 when an evm hot wallet is below its gas floor (evm is not offered).\n\
+             # TYPE turnpike_evm_hot_wallet_low gauge\n",
+        );
+        let mut balances = String::from(
+            "# HELP turnpike_evm_hot_wallet_balance_wei The hot wallet's native balance at the last check.\n\
+             # TYPE turnpike_evm_hot_wallet_balance_wei gauge\n",
+        );
+        if let Ok(map) = self.readings.lock() {
+            for ((tenant, chain, address), (balance, low)) in map.iter() {
+                let labels =
+                    format!("tenant=\"{tenant}\",chain_id=\"{chain}\",address=\"{address}\"");
+                out.push_str(&format!(
+                    "turnpike_evm_hot_wallet_low{{{labels}}} {}\n",
+                    u8::from(*low)
+                ));
+                balances.push_str(&format!(
+                    "turnpike_evm_hot_wallet_balance_wei{{{labels}}} {balance}\n"
+                ));
+            }
+        }
+        out + &balances
+    }
+}
