@@ -140,8 +140,8 @@ pub async fn secrets(
     Ok(secrets)
 }
 
-/// A tenant's live prices, parsed, through the cache.
-async fn prices(state: &AppState, tenant_id: &str) -> Result<Arc<Vec<PriceRef>>, ApiError> {
+/// A tenant's live prices, parsed, through the cache (in creation order).
+pub async fn prices(state: &AppState, tenant_id: &str) -> Result<Arc<Vec<PriceRef>>, ApiError> {
     if let Some(prices) = state.caches.prices.get(&tenant_id.to_owned()) {
         return Ok(prices);
     }

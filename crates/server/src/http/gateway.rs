@@ -73,7 +73,9 @@ fn is_payment_authorization(value: &HeaderValue) -> bool {
         .unwrap_or(false)
 }
 
-async fn handle(
+/// The gateway for `/{rest}` (also reached from [`super::discovery`] for methods other than
+/// GET and HEAD on its path).
+pub(crate) async fn handle(
     State(state): State<AppState>,
     slug: String,
     rest: String,

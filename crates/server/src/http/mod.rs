@@ -9,6 +9,7 @@ use crate::state::AppState;
 
 pub mod admin;
 pub mod agents;
+pub mod discovery;
 pub mod gateway;
 pub mod health;
 pub mod payments;
@@ -28,6 +29,7 @@ pub fn router() -> Router<AppState> {
         .merge(payments::router())
         .merge(agents::router())
         .merge(spend::router())
+        .merge(discovery::router())
         .merge(gateway::router())
 }
 
