@@ -432,3 +432,34 @@ async fn the_proxy_cuts_the_rpc_and_restores_it_with_the_chain_state_intact() {
     assert_eq!(anvil.token_balance(token, payee).await, U256::from(ONE));
     anvil.set_automine(true).await;
 }
+
+/// The mppx CLI pays an `evm` charge with an `authorization` credential through
+/// tests/mppx/mppx.config.mjs, against the JS stand-in in tests/mppx/e2e.mjs (its own anvil and
+/// token): paid, replay refused, unfunded payer rejected (exit 75), `mppx validate` passes.
+#[tokio::test]
+async fn the_mppx_cli_pays_an_evm_charge_through_the_checked_in_config() {
+    let root = support::chain::repo_root();
+    assert!(
+        root.join("node_modules/.bin/mppx").is_file(),
+        "mppx not found in {}/node_modules: run `npm ci` at the repository root",
+        root.display()
+    );
+    let out = tokio::process::Command::new("node")
+        .arg(root.join("tests/mppx/e2e.mjs"))
+        .current_dir(&root)
+        .env("NO_UPDATE_NOTIFIER", "1")
+        .env("TURNPIKE_CONTRACT_ARTIFACT", &artifacts().path)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(240), out)
+        .await
+        .expect("tests/mppx/e2e.mjs finishes")
+        .expect("run node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("all steps passed"),
+        "tests/mppx/e2e.mjs failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
