@@ -435,7 +435,8 @@ pub fn artifacts() -> &'static Artifacts {
             .iter()
             .chain([&script, &root.join("package-lock.json")])
         {
-            material.extend_from_slice(file.to_string_lossy().as_bytes());
+            let name = file.file_name().expect("file name");
+            material.extend_from_slice(name.to_string_lossy().as_bytes());
             material.extend(
                 std::fs::read(file).unwrap_or_else(|e| panic!("read {}: {e}", file.display())),
             );
