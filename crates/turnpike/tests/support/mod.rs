@@ -5,6 +5,9 @@
 // Each test binary uses a different part of the harness.
 #![allow(dead_code)]
 
+/// The real-chain harness for the `evm` rail (anvil, the test stablecoin, EIP-3009 signing).
+pub mod chain;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
