@@ -69,6 +69,24 @@ pub struct ChallengeEcho {
     pub header: Option<String>,
 }
 
+impl crate::challenge::Challenge {
+    /// The echo of this challenge a credential carries (§5.2: every parameter as received).
+    pub fn echo(&self) -> ChallengeEcho {
+        ChallengeEcho {
+            id: self.id.clone(),
+            realm: self.realm.clone(),
+            method: self.method.clone(),
+            intent: self.intent.clone(),
+            request: self.request.wire().to_owned(),
+            description: self.description.clone(),
+            digest: self.digest.clone(),
+            expires: self.expires.clone(),
+            opaque: self.opaque.clone(),
+            header: self.header.clone(),
+        }
+    }
+}
+
 impl ChallengeEcho {
     /// The fields the binding covers.
     pub fn binding_input(&self) -> BindingInput<'_> {

@@ -335,25 +335,30 @@ pub async fn resolve_once(state: &AppState) -> Result<usize, ApiError> {
 /// One gas pass: read every `evm` hot wallet's balance.
 pub async fn check_gas_once(state: &AppState) -> Result<(), ApiError> {
     for row in state.store.rail_configs("evm", GAS_CHECK_BATCH_MAX).await? {
-        let Ok(config) = open_evm_config(state, &row) else {
-            continue;
-        };
-        match state.rails.evm.refresh_gas(&config).await {
-            Ok(Some(balance)) => {
-                let low = state.rails.evm.gas_low(&config);
-                if low {
-                    tracing::warn!(tenant = %row.tenant_id, chain_id = config.settings.chain_id,
-                        "evm hot wallet below its gas floor: evm challenges are not offered");
-                }
-                state.gas.record(&row.tenant_id, &config, balance, low);
-            }
-            Ok(None) => {}
-            Err(err) => {
-                tracing::warn!(tenant = %row.tenant_id, error = %err, "reading hot wallet gas failed");
-            }
+        if let Ok(config) = open_evm_config(state, &row) {
+            check_gas(state, &row.tenant_id, &config).await;
         }
     }
     Ok(())
+}
+
+/// Read one hot wallet's balance: below its floor, `evm` is not offered and the alert metric
+/// is raised.
+pub async fn check_gas(state: &AppState, tenant_id: &str, config: &EvmConfig) {
+    match state.rails.evm.refresh_gas(config).await {
+        Ok(Some(balance)) => {
+            let low = state.rails.evm.gas_low(config);
+            if low {
+                tracing::warn!(tenant = %tenant_id, chain_id = config.settings.chain_id,
+                    "evm hot wallet below its gas floor: evm challenges are not offered");
+            }
+            state.gas.record(tenant_id, config, balance, low);
+        }
+        Ok(None) => {}
+        Err(err) => {
+            tracing::warn!(tenant = %tenant_id, error = %err, "reading hot wallet gas failed");
+        }
+    }
 }
 
 /// Start the resolver and the gas watcher.

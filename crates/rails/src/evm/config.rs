@@ -23,6 +23,7 @@ pub struct TokenConfig {
     /// minor unit per token base unit).
     pub currency: String,
     /// The token contract (challenge `currency`).
+    #[serde(serialize_with = "checksummed")]
     pub address: Address,
     /// Its `decimals()` (challenge `methodDetails.decimals`).
     pub decimals: u8,
@@ -50,6 +51,7 @@ pub struct EvmSettings {
     /// JSON-RPC endpoint (http or https).
     pub rpc_url: String,
     /// Where payments go (challenge `recipient`).
+    #[serde(serialize_with = "checksummed")]
     pub recipient: Address,
     /// Blocks that must include and follow a payment's transaction, at least 1.
     #[serde(default = "one")]
@@ -65,8 +67,27 @@ pub struct EvmSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_gas_wei: Option<String>,
     /// The hot wallet's address (derived from its key; read only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "checksummed_opt"
+    )]
     pub hot_wallet_address: Option<Address>,
+}
+
+/// Addresses are written EIP-55 checksummed (as in challenges).
+fn checksummed<S: serde::Serializer>(address: &Address, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&address.to_checksum(None))
+}
+
+fn checksummed_opt<S: serde::Serializer>(
+    address: &Option<Address>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match address {
+        Some(address) => checksummed(address, s),
+        None => s.serialize_none(),
+    }
 }
 
 fn one() -> u32 {

@@ -11,7 +11,7 @@ use turnpike_ledger::{AccountKind, TransferError, TransferRequest};
 use turnpike_policy::policy::TokenLimits;
 use turnpike_policy::{AgentTokenClaims, GrantClaims, Money};
 use turnpike_protocol::charge::parse_amount_minor;
-use turnpike_protocol::{Challenge, ChallengeEcho, Credential, parse_challenges_from_lines};
+use turnpike_protocol::{Challenge, Credential, parse_challenges_from_lines};
 use turnpike_store::{AgentRow, AgentTokenRow, ApprovalRow, GuardRefusal, LedgerGuard, SpendGuard};
 
 use super::{Json, rfc3339};
@@ -602,18 +602,7 @@ async fn reserve_and_grant(
     let grant = state.keys().sign_grant(&claims);
     let c = &p.challenge;
     let credential = Credential {
-        challenge: ChallengeEcho {
-            id: c.id.clone(),
-            realm: c.realm.clone(),
-            method: c.method.clone(),
-            intent: c.intent.clone(),
-            request: c.request.wire().to_owned(),
-            description: c.description.clone(),
-            digest: c.digest.clone(),
-            expires: c.expires.clone(),
-            opaque: c.opaque.clone(),
-            header: c.header.clone(),
-        },
+        challenge: c.echo(),
         source: Some(Value::String(format!("turnpike:{payer}"))),
         payload: [("grant".to_owned(), Value::String(grant))]
             .into_iter()

@@ -121,11 +121,7 @@ async fn upsert(
     state.caches.evm_configs.remove(&tenant_id);
     state.caches.prices.remove(&tenant_id);
     // Read the new hot wallet's gas now, so a dry wallet is not offered until the next pass.
-    if config.hot_wallet.is_some()
-        && let Err(err) = state.rails.evm.refresh_gas(&config).await
-    {
-        tracing::warn!(tenant = %tenant_id, error = %err, "reading the new hot wallet's gas failed");
-    }
+    crate::rails::check_gas(&state, &tenant_id, &config).await;
     let status = if version == 1 {
         StatusCode::CREATED
     } else {

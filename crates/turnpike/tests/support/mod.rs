@@ -26,6 +26,8 @@ pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
 pub const MPP_PROBLEMS: &str = "https://paymentauth.org/problems/";
 /// Problem type base of Turnpike's own problems.
 pub const TP_PROBLEMS: &str = "https://turnpike.dev/problems/";
+/// The key that seals rail secrets in harness servers (32 bytes of hex).
+pub const SECRETS_KEY: &str = "5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e";
 /// The platform fee the harness starts servers with (2.5%).
 pub const FEE_BPS: u32 = 250;
 
@@ -266,6 +268,7 @@ impl Server {
         if options.admin {
             cmd.env("TURNPIKE_ADMIN_TOKEN", ADMIN_TOKEN);
         }
+        cmd.env("TURNPIKE_SECRETS_KEY", SECRETS_KEY);
         if options.test_clock {
             cmd.arg("--test-clock");
         }
