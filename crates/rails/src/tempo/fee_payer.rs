@@ -11,7 +11,7 @@
 use alloy::eips::Encodable2718;
 use alloy::primitives::{Address, B256, Bytes};
 use alloy::signers::SignerSync;
-use tempo_primitives::transaction::TEMPO_EXPIRING_NONCE_KEY;
+use tempo_primitives::transaction::{PrimitiveSignature, TEMPO_EXPIRING_NONCE_KEY, TempoSignature};
 
 use super::matching::{ChallengeRef, Transfer};
 use super::request::Charge;
@@ -140,6 +140,35 @@ fn check_policy(
         )));
     }
     Ok(())
+}
+
+/// The client side: sign `tx` for a sponsor (the placeholder set, signing domain `0x76`) and
+/// encode it. Without a fee token this is the spec's layout (`fee_payer_signature` = `0x00`);
+/// a transaction that names a fee token (which a sponsor refuses) is encoded with the zero
+/// signature as placeholder, the only layout that carries the fee token.
+pub fn sign_for_sponsor<S: SignerSync + ?Sized>(
+    mut tx: tempo_primitives::TempoTransaction,
+    signer: &S,
+) -> Result<Bytes, TempoError> {
+    tx.fee_payer_signature = Some(alloy::primitives::Signature::new(
+        alloy::primitives::U256::ZERO,
+        alloy::primitives::U256::ZERO,
+        false,
+    ));
+    let signature = signer
+        .sign_hash_sync(&tx.signature_hash())
+        .map_err(|err| TempoError::Signing(err.to_string()))?;
+    let names_fee_token = tx.fee_token.is_some();
+    let signed = tx.into_signed(TempoSignature::Primitive(PrimitiveSignature::Secp256k1(
+        signature,
+    )));
+    let mut out = Vec::new();
+    if names_fee_token {
+        signed.encode_2718(&mut out);
+    } else {
+        signed.encode_for_fee_payer_service(&mut out);
+    }
+    Ok(out.into())
 }
 
 /// Verify a sponsored pull credential and co-sign it.

@@ -32,11 +32,13 @@ pub mod transaction;
 use alloy::primitives::{B256, FixedBytes, b256};
 
 pub use error::TempoError;
-pub use fee_payer::{CosignedTransaction, SponsorPolicy, cosign_fee_payer};
+pub use fee_payer::{CosignedTransaction, SponsorPolicy, cosign_fee_payer, sign_for_sponsor};
 pub use matching::{ChallengeRef, Transfer};
 pub use proof::{ProofVersion, verify_proof};
 pub use receipt_logs::{VerifiedReceipt, verify_hash_receipt, verify_receipt_logs};
 pub use request::{Charge, ChargeRequest, MethodDetails, Split, SubmissionMode};
+/// The Tempo transaction types this module speaks, for callers that build transactions.
+pub use tempo_primitives;
 pub use transaction::{SignatureKind, VerifiedTransaction, verify_transaction};
 
 /// Tempo mainnet.
