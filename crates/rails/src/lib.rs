@@ -11,6 +11,7 @@
 
 pub mod evm;
 pub mod rpc;
+pub mod tempo;
 
 pub use evm::EvmRail;
 

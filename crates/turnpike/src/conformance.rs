@@ -21,6 +21,12 @@
 //! | `base64url.encode` | `{text}` | `{text}` | `encoding_error` |
 //! | `base64url.decode` | `{text}` | `{text}` | `encoding_error` |
 //! | `challenge.id` | ChallengeIdInput | `{id}` | `generation_error` |
+//! | `tempo.receipt.verify` | `{credential, receipt}` | `{status, reference}` | `verification_error` |
+//! | `tempo.transaction.verify` | `{credential, receipt}` | `{status, reference}` | `verification_error` |
+//! | `tempo.proof.typed_data` | `{chainId, challengeId, realm}` | EIP-712 typed data | `verification_error` |
+//! | `tempo.fee_payer.cosign` | TempoFeePayerCosignInput | TempoFeePayerCosignOutput | `verification_error` |
+//!
+//! The `tempo.*` operations are in [`tempo`].
 //!
 //! Any other `op` answers `unsupported_operation`. An input of the wrong shape is answered with
 //! the operation's own error type. Error messages are the protocol library's `Display` text.
@@ -34,6 +40,8 @@ use serde_json::{Map, Value, json};
 use turnpike_protocol::binding::BindingInput;
 use turnpike_protocol::challenge::EncodedRequest;
 use turnpike_protocol::{BindingSecret, Challenge, ChallengeEcho, Credential, Receipt, b64, jcs};
+
+mod tempo;
 
 /// Longest request read from stdin, in bytes.
 const REQUEST_LEN_MAX: usize = 8 * 1024 * 1024;
@@ -151,6 +159,10 @@ fn dispatch(op: &str, input: Value) -> Result<Value, OpError> {
         "base64url.encode" => base64url_encode(input),
         "base64url.decode" => base64url_decode(input),
         "challenge.id" => challenge_id(input),
+        "tempo.receipt.verify" => tempo::receipt_verify(input),
+        "tempo.transaction.verify" => tempo::transaction_verify(input),
+        "tempo.proof.typed_data" => tempo::proof_typed_data(input),
+        "tempo.fee_payer.cosign" => tempo::fee_payer_cosign(input),
         _ => Err(OpError::new(
             UNSUPPORTED_OPERATION,
             format!("operation `{op}` is not supported by this adapter"),
