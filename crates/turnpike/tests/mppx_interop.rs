@@ -260,7 +260,49 @@ async fn mppx_validate_passes_against_the_gateway(db: &TestDb) {
         "mppx validate {base} --yes:\n{}",
         describe(&out)
     );
-    assert!(stdout.contains("Summary:"), "{}", describe(&out));
+    // No check failed; the checks that matter for a gateway route passed. (Its one warning is
+    // the realm, the tenant's slug, not being the server's hostname; its one suggestion is
+    // /llms.txt at the origin's root, outside any tenant's gateway.)
+    let report = describe(&out);
+    assert!(!stdout.contains('✗'), "a check failed:\n{report}");
+    for check in [
+        "✓ Document found and parseable",
+        "✓ Valid OpenAPI structure",
+        "✓ Paid endpoints found (1 endpoint(s))",
+        "✓ Returns 402 without credentials",
+        "✓ Challenge parseable (evm/charge)",
+        "✓ Has chainId (31337)",
+        "✓ Malformed credential returns 402 (not 500)",
+        "✓ Error response includes fresh challenge",
+        "✓ Payment [evm]: submitted",
+        "✓ Payment: successful (HTTP 200)",
+        "✓ Receipt status is \"success\"",
+        "✓ Receipt reference valid",
+        "✓ Receipt timestamp recent",
+    ] {
+        assert!(stdout.contains(check), "missing `{check}`:\n{report}");
+    }
+    let summary = stdout
+        .lines()
+        .find(|l| l.starts_with("Summary:"))
+        .unwrap_or_else(|| panic!("no summary:\n{report}"));
+    assert!(
+        !summary.contains("failed") && !summary.contains("skipped"),
+        "{summary}\n{report}"
+    );
+    let warnings: Vec<&str> = stdout.lines().filter(|l| l.contains('⚠')).collect();
+    assert!(
+        warnings
+            .iter()
+            .all(|l| l.contains("Realm matches server hostname")),
+        "a new warning: {warnings:?}\n{report}"
+    );
+    assert!(stdout.contains("GET /weather"), "{report}");
+    assert_eq!(
+        w.upstream.hits(),
+        1,
+        "only the paid request reaches the upstream"
+    );
     // It really paid: once on chain, once in the ledger.
     assert_eq!(
         w.anvil.token_balance(w.token, w.recipient).await,
