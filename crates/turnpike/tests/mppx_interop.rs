@@ -161,7 +161,7 @@ impl World {
 
     /// The one settled `evm` payment the merchant must have, for `amount`, whose reference is a
     /// successful mined transaction moving `amount` from the payer to the recipient.
-    async fn assert_settled_on_chain(&self, payments: &[Value]) {
+    async fn assert_settled_on_chain(&self, payments: &[Value]) -> Value {
         assert_eq!(payments.len(), 1, "{payments:?}");
         let payment = &payments[0];
         assert_eq!(payment["state"], "settled", "{payment}");
@@ -185,6 +185,7 @@ impl World {
             (moved[0].from, moved[0].to, moved[0].value),
             (self.anvil.address(PAYER), self.recipient, U256::from(PRICE))
         );
+        payment.clone()
     }
 }
 
@@ -208,7 +209,8 @@ async fn the_mppx_cli_pays_a_gateway_route_on_chain_and_turnpike_books_it(db: &T
     let payer_before = w.anvil.token_balance(w.token, payer).await;
     let recipient_before = w.anvil.token_balance(w.token, w.recipient).await;
     let url = format!("{}{ROUTE}", w.gateway_url());
-    let out = w.mppx(&[&url]).await;
+    // `-v`: the challenge and the decoded Payment-Receipt on stderr; stdout stays the body.
+    let out = w.mppx(&["-v", &url]).await;
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -243,8 +245,31 @@ async fn the_mppx_cli_pays_a_gateway_route_on_chain_and_turnpike_books_it(db: &T
     // referencing the mined transaction.
     let fee = PRICE * u128::from(support::FEE_BPS) / 10_000;
     assert_eq!(w.revenue().await, (PRICE, fee));
-    w.assert_settled_on_chain(&w.server.payments(&w.merchant).await)
+    let payment = w
+        .assert_settled_on_chain(&w.server.payments(&w.merchant).await)
         .await;
+    // The upstream was told which payment it was, and never saw the credential.
+    assert_eq!(body["payment"], payment["id"], "{body}");
+    assert_eq!(body["authorization"], false, "{body}");
+    // mppx decoded the same receipt: status success, reference = the mined hash.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let receipt_field = |name: &str| {
+        stderr
+            .lines()
+            .skip_while(|l| l.trim() != "Payment Receipt")
+            .find_map(|l| l.trim().strip_prefix(name).map(str::trim))
+            .unwrap_or_else(|| panic!("no receipt `{name}` on stderr:\n{}", describe(&out)))
+            .to_owned()
+    };
+    assert_eq!(receipt_field("status"), "success");
+    assert_eq!(
+        receipt_field("reference"),
+        payment["reference"].as_str().unwrap()
+    );
+    assert_eq!(
+        receipt_field("challengeId"),
+        payment["challengeId"].as_str().unwrap()
+    );
     w.server.assert_ledger_consistent().await;
 }
 
