@@ -242,6 +242,8 @@ fn issue_challenges(
     let expires = format_expires(state.now_ms().saturating_add(ttl_ms));
     let opaque = opaque(tenant, price)?;
     let mut out = Vec::with_capacity(order.len());
+    // `Accept-Payment` may exclude every method: a 402 without challenges is then right.
+    let negotiated_any = !order.is_empty();
     for index in order {
         let method = &def.methods[index];
         let Some(request) = method_request(state, tenant, method, def, context) else {
@@ -270,23 +272,13 @@ fn issue_challenges(
         })?;
         out.push((challenge.id, header));
     }
-    if out.is_empty() && !order_was_empty(facts, def) {
+    if out.is_empty() && negotiated_any {
         return Err(ApiError::unavailable(
             "no payment method of this price can be offered right now",
         )
         .retry_after(5));
     }
     Ok(out)
-}
-
-/// True when `Accept-Payment` excluded every method (a 402 without challenges is then right).
-fn order_was_empty(facts: &RequestFacts, def: &PriceDefinition) -> bool {
-    let offers: Vec<(&str, &str)> = def
-        .methods
-        .iter()
-        .map(|m| (m.as_str(), def.intent.as_str()))
-        .collect();
-    accept_payment::negotiate(facts.accept_payment.as_deref(), &offers).is_empty()
 }
 
 /// What issuing or checking a price's challenges needs from the rails, loaded once per request
