@@ -25,6 +25,7 @@ on_both_databases!(
     a_settlement_cut_off_from_its_rpc_stays_pending_and_the_resolver_books_it_once,
     twenty_concurrent_verifies_of_one_authorization_settle_once_on_chain,
     rail_configuration_keeps_its_secret_and_validates_input,
+    a_permit2_transfer_is_settled_once_and_bad_permits_are_refused,
 );
 
 const NAME: &str = "Turnpike Test USD";
@@ -298,6 +299,190 @@ async fn a_signed_transaction_and_a_broadcast_hash_are_settled(db: &TestDb) {
     assert_eq!(decision["decision"], "forbidden", "{decision}");
     let fee = PRICE * u128::from(support::FEE_BPS) / 10_000;
     assert_eq!(w.revenue().await, (2 * PRICE, 2 * fee));
+    w.server.assert_ledger_consistent().await;
+}
+
+/// Permit2 (the spec's RECOMMENDED type) on the canonical Permit2 contract: the merchant lists
+/// `permit2` first; the payer approved Permit2 once and signs a witness transfer bound to the
+/// challenge with the hot wallet as spender.
+async fn a_permit2_transfer_is_settled_once_and_bad_permits_are_refused(db: &TestDb) {
+    let w = world(db, None).await;
+    chain::install_permit2(&w.anvil).await;
+    chain::approve_permit2(&w.anvil, w.payer, w.token).await;
+    w.server
+        .call(
+            reqwest::Method::PUT,
+            "/v1/rails/evm",
+            Some(&w.merchant.key),
+            Some(json!({
+                "chainId": w.anvil.chain_id(),
+                "rpcUrl": w.anvil.rpc_url(),
+                "recipient": w.recipient.to_checksum(None),
+                "tokens": [{"currency": "usdc", "address": w.token.to_checksum(None),
+                            "decimals": 6, "name": NAME, "version": VERSION}],
+                "credentialTypes": ["permit2", "authorization", "transaction", "hash"],
+            })),
+        )
+        .await
+        .expect_status(200);
+    let (_, challenge) = w.challenge().await;
+    let details = &challenge.request_json()["methodDetails"];
+    assert_eq!(
+        details["credentialTypes"],
+        json!(["permit2", "authorization", "transaction", "hash"])
+    );
+    assert_eq!(details["permit2Address"], chain::PERMIT2.to_checksum(None));
+    assert_eq!(details["spender"], w.hot_wallet.to_checksum(None));
+    let payer = w.anvil.signer(w.payer);
+    let permit = |c: &turnpike_protocol::Challenge, spender, to, nonce, deadline| {
+        let signed = chain::sign_permit2(
+            &payer,
+            w.anvil.chain_id(),
+            w.token,
+            spender,
+            to,
+            PRICE,
+            nonce,
+            deadline,
+            chain::challenge_hash(&c.id, &c.realm),
+        );
+        credential(
+            c,
+            signed.payload(),
+            Some(payer.address()),
+            w.anvil.chain_id(),
+        )
+    };
+    let payer_before = w.anvil.token_balance(w.token, payer.address()).await;
+    let paid = permit(&challenge, w.hot_wallet, w.recipient, 7, unix_now() + 300);
+    let decision = w.verify(&paid).await;
+    assert_eq!(decision["decision"], "paid", "{decision}");
+    let receipt = receipt_of(&decision);
+    let mined = w
+        .anvil
+        .receipt(receipt.reference.parse().unwrap())
+        .await
+        .expect("mined");
+    assert!(mined.status());
+    assert_eq!(mined.from, w.hot_wallet, "the spender submits and pays gas");
+    assert_eq!(mined.to, Some(chain::PERMIT2));
+    let moved = chain::transfers(w.token, &mined);
+    assert_eq!(moved.len(), 1);
+    assert_eq!((moved[0].from, moved[0].to), (payer.address(), w.recipient));
+    assert_eq!(moved[0].value, U256::from(PRICE));
+    assert_eq!(
+        w.anvil.token_balance(w.token, payer.address()).await,
+        payer_before - U256::from(PRICE)
+    );
+    let fee = PRICE * u128::from(support::FEE_BPS) / 10_000;
+    assert_eq!(w.revenue().await, (PRICE, fee));
+    // The same credential again: 403.
+    let replay = w.verify(&paid).await;
+    assert_eq!(replay["decision"], "forbidden", "{replay}");
+    // The same Permit2 nonce signed for a new challenge: the replay token (signer, nonce) is
+    // spent, 403 and nothing moves.
+    let (_, challenge) = w.challenge().await;
+    let reused = w
+        .verify(&permit(
+            &challenge,
+            w.hot_wallet,
+            w.recipient,
+            7,
+            unix_now() + 300,
+        ))
+        .await;
+    assert_eq!(reused["decision"], "forbidden", "{reused}");
+    let stranger = w.anvil.address(7);
+    let refusals: Vec<(&str, MakeCredential<'_>, &str)> = vec![
+        (
+            "another spender",
+            Box::new(|c| permit(c, stranger, w.recipient, 8, unix_now() + 300)),
+            "verification-failed",
+        ),
+        (
+            "another recipient",
+            Box::new(|c| permit(c, w.hot_wallet, stranger, 9, unix_now() + 300)),
+            "verification-failed",
+        ),
+        (
+            "deadline passed",
+            Box::new(|c| permit(c, w.hot_wallet, w.recipient, 10, unix_now() - 1)),
+            "payment-expired",
+        ),
+        (
+            "another challenge's witness",
+            Box::new(|c| {
+                let signed = chain::sign_permit2(
+                    &payer,
+                    w.anvil.chain_id(),
+                    w.token,
+                    w.hot_wallet,
+                    w.recipient,
+                    PRICE,
+                    11,
+                    unix_now() + 300,
+                    chain::challenge_hash("another-challenge", &c.realm),
+                );
+                credential(
+                    c,
+                    signed.payload(),
+                    Some(payer.address()),
+                    w.anvil.chain_id(),
+                )
+            }),
+            "verification-failed",
+        ),
+    ];
+    for (what, make, problem) in refusals {
+        let (_, challenge) = w.challenge().await;
+        let decision = w.verify(&make(&challenge)).await;
+        assert_eq!(
+            decision["decision"], "payment_required",
+            "{what}: {decision}"
+        );
+        assert_eq!(
+            decision["body"]["type"],
+            format!("{MPP_PROBLEMS}{problem}"),
+            "{what}: {decision}"
+        );
+    }
+    // A payer who never approved Permit2: the simulation refuses it before anything is sent.
+    let unapproved = w.anvil.signer(6);
+    chain::mint(&w.anvil, w.token, unapproved.address(), PRICE).await;
+    let (_, challenge) = w.challenge().await;
+    let signed = chain::sign_permit2(
+        &unapproved,
+        w.anvil.chain_id(),
+        w.token,
+        w.hot_wallet,
+        w.recipient,
+        PRICE,
+        1,
+        unix_now() + 300,
+        chain::challenge_hash(&challenge.id, &challenge.realm),
+    );
+    let decision = w
+        .verify(&credential(
+            &challenge,
+            signed.payload(),
+            Some(unapproved.address()),
+            w.anvil.chain_id(),
+        ))
+        .await;
+    assert_eq!(decision["decision"], "payment_required", "{decision}");
+    assert!(
+        decision["body"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("Permit2 refused the permit"),
+        "{decision}"
+    );
+    assert_eq!(
+        w.anvil.token_balance(w.token, unapproved.address()).await,
+        U256::from(PRICE)
+    );
+    assert_eq!(w.revenue().await, (PRICE, fee), "booked once in all");
+    assert_eq!(w.server.payments(&w.merchant).await.len(), 1);
     w.server.assert_ledger_consistent().await;
 }
 

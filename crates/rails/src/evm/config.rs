@@ -15,6 +15,11 @@ pub const CONFIRMATIONS_MAX: u32 = 64;
 /// The gas floor when none is configured: 0.001 of the chain's native coin.
 pub const MIN_GAS_WEI_DEFAULT: u128 = 1_000_000_000_000_000;
 
+/// Uniswap's Permit2, deployed at the same address on every chain (spec: the default
+/// `permit2Address`).
+pub const PERMIT2_CANONICAL: Address =
+    alloy::primitives::address!("0x000000000022D473030F116dDEE9F6B43aC78BA3");
+
 /// One ERC-20 token accepted on the chain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -59,13 +64,23 @@ pub struct EvmSettings {
     /// Accepted tokens.
     pub tokens: Vec<TokenConfig>,
     /// Credential types offered, in order of preference (`methodDetails.credentialTypes`);
-    /// default: `authorization` (when a hot wallet is set), `transaction`, `hash`.
+    /// default: `authorization` (when a hot wallet is set), `transaction`, `hash`. `permit2` is
+    /// offered only when listed here (the chain must have Permit2 and the payer must have
+    /// approved it), and needs the hot wallet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential_types: Option<Vec<CredentialType>>,
     /// Below this native balance (wei, decimal string) the hot wallet stops offering
     /// `authorization` and the low-gas alert is raised.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_gas_wei: Option<String>,
+    /// The Permit2 contract (`methodDetails.permit2Address`); default: the canonical
+    /// deployment at [`PERMIT2_CANONICAL`].
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "checksummed_opt"
+    )]
+    pub permit2_address: Option<Address>,
     /// The hot wallet's address (derived from its key; read only).
     #[serde(
         default,
@@ -184,6 +199,9 @@ impl EvmConfig {
                 })?),
             };
         settings.hot_wallet_address = hot_wallet.as_ref().map(PrivateKeySigner::address);
+        if settings.permit2_address == Some(Address::ZERO) {
+            return err("`permit2Address` must not be the zero address");
+        }
         if let Some(types) = &settings.credential_types {
             if types.is_empty() {
                 return err("`credentialTypes` must not be empty");
@@ -193,8 +211,10 @@ impl EvmConfig {
                     return Err(ConfigError(format!("`credentialTypes` lists `{t}` twice")));
                 }
             }
-            if types.contains(&CredentialType::Permit2) {
-                return err("`credentialTypes`: `permit2` is not supported yet");
+            if types.contains(&CredentialType::Permit2) && hot_wallet.is_none() {
+                return err(
+                    "`credentialTypes`: `permit2` needs `hotWalletKey` (it submits the transfer, pays its gas and is the permit's spender)",
+                );
             }
             if types.contains(&CredentialType::Authorization) && hot_wallet.is_none() {
                 return err(
@@ -214,6 +234,11 @@ impl EvmConfig {
         self.settings.tokens.iter().find(|t| t.currency == currency)
     }
 
+    /// The Permit2 contract permits are verified against and submitted to.
+    pub fn permit2(&self) -> Address {
+        self.settings.permit2_address.unwrap_or(PERMIT2_CANONICAL)
+    }
+
     /// The credential types offered for `token`, in preference order.
     pub fn credential_types(&self, token: &TokenConfig) -> Vec<CredentialType> {
         let wanted = self.settings.credential_types.clone().unwrap_or_else(|| {
@@ -229,7 +254,7 @@ impl EvmConfig {
                 CredentialType::Authorization => {
                     self.hot_wallet.is_some() && token.supports_authorization()
                 }
-                CredentialType::Permit2 => false,
+                CredentialType::Permit2 => self.hot_wallet.is_some(),
                 CredentialType::Transaction | CredentialType::Hash => true,
             })
             .collect()

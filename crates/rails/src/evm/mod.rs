@@ -15,8 +15,11 @@ use alloy::primitives::{Address, B256, keccak256};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-pub use config::{ConfigError, EvmConfig, EvmSettings, TokenConfig};
-pub use payload::{Authorization, VerifiedEvm, VerifiedKind, verify_credential};
+pub use config::{ConfigError, EvmConfig, EvmSettings, PERMIT2_CANONICAL, TokenConfig};
+pub use payload::{
+    Authorization, PERMIT2_WITNESS_TYPE, Permit2Transfer, VerifiedEvm, VerifiedKind,
+    verify_credential,
+};
 pub use settle::{EvmRail, HotWallets};
 
 /// The method name.
@@ -26,7 +29,7 @@ pub const METHOD: &str = "evm";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CredentialType {
-    /// Permit2 `permitWitnessTransferFrom` (not offered yet).
+    /// Permit2 `permitWitnessTransferFrom`, submitted by the server's hot wallet (the spender).
     Permit2,
     /// EIP-3009 `transferWithAuthorization`, submitted by the server's hot wallet.
     Authorization,
@@ -84,6 +87,17 @@ pub fn charge_request(
         Value::Array(types.iter().map(|t| Value::from(t.as_str())).collect()),
     );
     details.insert("decimals".into(), Value::from(token.decimals));
+    if types.contains(&CredentialType::Permit2) {
+        details.insert(
+            "permit2Address".into(),
+            Value::from(config.permit2().to_checksum(None)),
+        );
+        // Permit2 binds the permit to its spender, the account that submits it: the hot
+        // wallet. The spec has no field for it (digest §10 [GAP]); Turnpike names it here.
+        if let Some(spender) = config.settings.hot_wallet_address {
+            details.insert("spender".into(), Value::from(spender.to_checksum(None)));
+        }
+    }
     let mut request = Map::new();
     request.insert("amount".into(), Value::from(amount));
     request.insert(

@@ -14,7 +14,7 @@ use alloy::network::TxSignerSync;
 use alloy::primitives::{Address, B256, Bytes, TxKind, U256};
 use alloy::providers::{Provider, RootProvider};
 use alloy::rpc::types::TransactionRequest;
-use alloy::sol_types::SolCall;
+use alloy::sol_types::{SolCall, SolStruct};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -55,6 +55,47 @@ pub(crate) mod abi {
         );
         /// EIP-3009: true once `nonce` of `authorizer` was used.
         function authorizationState(address authorizer, bytes32 nonce) returns (bool);
+
+        /// Permit2: a token and the most that may be moved.
+        struct TokenPermissions {
+            address token;
+            uint256 amount;
+        }
+        /// The witness binding a permit to its challenge (spec §"Witness Data").
+        struct PaymentWitness {
+            bytes32 challengeHash;
+            string externalId;
+        }
+        /// What the payer signs (EIP-712 primary type; domain `Permit2`, no version).
+        struct PermitWitnessTransferFrom {
+            TokenPermissions permitted;
+            address spender;
+            uint256 nonce;
+            uint256 deadline;
+            PaymentWitness witness;
+        }
+        /// Permit2's calldata form of the permit (the spender is `msg.sender`).
+        struct PermitTransferFrom {
+            TokenPermissions permitted;
+            uint256 nonce;
+            uint256 deadline;
+        }
+        /// Where the permitted tokens go.
+        struct SignatureTransferDetails {
+            address to;
+            uint256 requestedAmount;
+        }
+        /// Permit2 `SignatureTransfer.permitWitnessTransferFrom` (selector `0x137c29fe`).
+        function permitWitnessTransferFrom(
+            PermitTransferFrom permit,
+            SignatureTransferDetails transferDetails,
+            address owner,
+            bytes32 witness,
+            string witnessTypeString,
+            bytes signature
+        );
+        /// Permit2's unordered nonces: bit `nonce & 255` of word `nonce >> 8` is set once used.
+        function nonceBitmap(address owner, uint256 wordPos) returns (uint256);
     }
 }
 
@@ -97,7 +138,12 @@ struct Recorded {
     auth_nonce: Option<B256>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     valid_before: Option<U256>,
-    /// `transaction` / `authorization`: the sending account and its nonce.
+    /// `permit2`: the Permit2 contract and the permit's nonce (its deadline is `valid_before`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    permit2: Option<Address>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    permit_nonce: Option<U256>,
+    /// `transaction` / `authorization` / `permit2`: the sending account and its nonce.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     sender: Option<Address>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -157,13 +203,6 @@ impl EvmRail {
         verified: &VerifiedEvm,
         auth: &super::Authorization,
     ) -> Result<Prepared, PrepareError> {
-        let wallet = config.hot_wallet.as_ref().ok_or_else(|| {
-            PrepareError::Unavailable(Unavailable("the evm rail has no hot wallet".into()))
-        })?;
-        let unavailable = |what: &str| {
-            PrepareError::Unavailable(Unavailable(format!("the chain's RPC failed ({what})")))
-        };
-        let provider = self.provider(config).map_err(PrepareError::Unavailable)?;
         let sig = auth.signature;
         let input = abi::transferWithAuthorizationCall {
             from: auth.from,
@@ -177,18 +216,92 @@ impl EvmRail {
             s: sig.s().into(),
         }
         .abi_encode();
-        // Simulate first (spec: SHOULD): a reverting authorization is refused before any gas is
-        // spent, with the token's reason.
+        let signed = self
+            .sign_hot_wallet_call(
+                config,
+                verified.token,
+                input,
+                "the token refused the authorization",
+            )
+            .await?;
+        Ok(to_prepared(&Recorded {
+            kind: "authorization".into(),
+            payer: Some(auth.from),
+            auth_nonce: Some(auth.nonce),
+            valid_before: Some(auth.valid_before),
+            ..signed.recorded(verified)
+        }))
+    }
+
+    async fn prepare_permit2(
+        &self,
+        config: &EvmConfig,
+        verified: &VerifiedEvm,
+        permit: &super::Permit2Transfer,
+    ) -> Result<Prepared, PrepareError> {
+        let witness = abi::PaymentWitness {
+            challengeHash: permit.challenge_hash,
+            externalId: permit.external_id.clone(),
+        };
+        let input = abi::permitWitnessTransferFromCall {
+            permit: abi::PermitTransferFrom {
+                permitted: abi::TokenPermissions {
+                    token: verified.token,
+                    amount: permit.permitted,
+                },
+                nonce: permit.nonce,
+                deadline: permit.deadline,
+            },
+            transferDetails: abi::SignatureTransferDetails {
+                to: verified.recipient,
+                requestedAmount: verified.amount,
+            },
+            owner: permit.owner,
+            witness: witness.eip712_hash_struct(),
+            witnessTypeString: super::PERMIT2_WITNESS_TYPE.into(),
+            signature: permit.signature.clone(),
+        }
+        .abi_encode();
+        let signed = self
+            .sign_hot_wallet_call(config, permit.permit2, input, "Permit2 refused the permit")
+            .await?;
+        Ok(to_prepared(&Recorded {
+            kind: "permit2".into(),
+            payer: Some(permit.owner),
+            valid_before: Some(permit.deadline),
+            permit2: Some(permit.permit2),
+            permit_nonce: Some(permit.nonce),
+            ..signed.recorded(verified)
+        }))
+    }
+
+    /// Simulate the hot wallet calling `target` with `input` (spec: SHOULD simulate first; a
+    /// reverting call is refused before any gas is spent, with the contract's reason after
+    /// `refused`), then sign it with the wallet's next nonce. Nothing is sent.
+    async fn sign_hot_wallet_call(
+        &self,
+        config: &EvmConfig,
+        target: Address,
+        input: Vec<u8>,
+        refused: &str,
+    ) -> Result<SignedCall, PrepareError> {
+        let wallet = config.hot_wallet.as_ref().ok_or_else(|| {
+            PrepareError::Unavailable(Unavailable("the evm rail has no hot wallet".into()))
+        })?;
+        let unavailable = |what: &str| {
+            PrepareError::Unavailable(Unavailable(format!("the chain's RPC failed ({what})")))
+        };
+        let provider = self.provider(config).map_err(PrepareError::Unavailable)?;
         let request = TransactionRequest::default()
             .from(wallet.address())
-            .to(verified.token)
+            .to(target)
             .input(Bytes::from(input.clone()).into());
         let gas = match provider.estimate_gas(request).await {
             Ok(gas) => gas,
             Err(err) => {
                 return Err(match err.as_error_resp() {
                     Some(resp) => PrepareError::Rejected(Rejection::failed(format!(
-                        "the token refused the authorization: {}",
+                        "{refused}: {}",
                         short(&resp.message)
                     ))),
                     None => unavailable("estimate gas"),
@@ -206,7 +319,7 @@ impl EvmRail {
             gas_limit: gas.saturating_mul(100 + GAS_HEADROOM_PCT) / 100,
             max_fee_per_gas: fees.max_fee_per_gas,
             max_priority_fee_per_gas: fees.max_priority_fee_per_gas,
-            to: TxKind::Call(verified.token),
+            to: TxKind::Call(target),
             value: U256::ZERO,
             access_list: Default::default(),
             input: input.into(),
@@ -215,20 +328,12 @@ impl EvmRail {
             .sign_transaction_sync(&mut tx)
             .map_err(|_| unavailable("signing"))?;
         let envelope = TxEnvelope::from(tx.into_signed(signature));
-        let recorded = Recorded {
-            kind: "authorization".into(),
+        Ok(SignedCall {
             hash: *envelope.tx_hash(),
-            raw: Some(envelope.encoded_2718().into()),
-            token: verified.token,
-            recipient: verified.recipient,
-            amount: verified.amount,
-            payer: Some(auth.from),
-            auth_nonce: Some(auth.nonce),
-            valid_before: Some(auth.valid_before),
-            sender: Some(wallet.address()),
-            sender_nonce: Some(nonce),
-        };
-        Ok(to_prepared(&recorded))
+            raw: envelope.encoded_2718().into(),
+            sender: wallet.address(),
+            nonce,
+        })
     }
 
     async fn next_nonce(
@@ -296,6 +401,35 @@ impl EvmRail {
             Settlement::Failed(Rejection::failed(
                 "the transaction did not transfer the requested amount of the token to the recipient",
             ))
+        }
+    }
+}
+
+/// A hot-wallet transaction, signed and not sent.
+struct SignedCall {
+    hash: B256,
+    raw: Bytes,
+    sender: Address,
+    nonce: u64,
+}
+
+impl SignedCall {
+    /// The record of this transaction paying `verified` (the caller names its kind).
+    fn recorded(self, verified: &VerifiedEvm) -> Recorded {
+        Recorded {
+            kind: String::new(),
+            hash: self.hash,
+            raw: Some(self.raw),
+            token: verified.token,
+            recipient: verified.recipient,
+            amount: verified.amount,
+            payer: verified.payer,
+            auth_nonce: None,
+            valid_before: None,
+            permit2: None,
+            permit_nonce: None,
+            sender: Some(self.sender),
+            sender_nonce: Some(self.nonce),
         }
     }
 }
@@ -370,6 +504,10 @@ impl Rail for EvmRail {
                 "evm:{}:auth:{:#x}:{:#x}:{}",
                 verified.chain_id, verified.token, auth.from, auth.nonce
             ),
+            VerifiedKind::Permit2(permit) => format!(
+                "evm:{}:permit2:{:#x}:{:#x}:{}",
+                verified.chain_id, permit.permit2, permit.owner, permit.nonce
+            ),
             VerifiedKind::Transaction { hash, .. } | VerifiedKind::Hash { hash } => {
                 format!("evm:{}:tx:{hash}", verified.chain_id)
             }
@@ -391,12 +529,17 @@ impl Rail for EvmRail {
             payer: verified.payer,
             auth_nonce: None,
             valid_before: None,
+            permit2: None,
+            permit_nonce: None,
             sender: None,
             sender_nonce: None,
         };
         match &verified.kind {
             VerifiedKind::Authorization(auth) => {
                 return self.prepare_authorization(config, verified, auth).await;
+            }
+            VerifiedKind::Permit2(permit) => {
+                return self.prepare_permit2(config, verified, permit).await;
             }
             VerifiedKind::Transaction { raw, hash, sender } => {
                 recorded.kind = "transaction".into();
@@ -425,7 +568,7 @@ impl Rail for EvmRail {
                 Broadcast::Accepted | Broadcast::Unknown => {}
                 Broadcast::Rejected(message) => {
                     if let Some(sender) = recorded.sender
-                        && recorded.kind == "authorization"
+                        && matches!(recorded.kind.as_str(), "authorization" | "permit2")
                     {
                         self.reset_nonce(config.settings.chain_id, sender);
                     }
@@ -500,6 +643,30 @@ impl Rail for EvmRail {
             {
                 return Settlement::Failed(Rejection::expired(
                     "the authorization expired before it was mined",
+                ));
+            }
+        }
+        if let (Some(owner), Some(permit2), Some(nonce), Some(deadline)) = (
+            recorded.payer,
+            recorded.permit2,
+            recorded.permit_nonce,
+            recorded.valid_before,
+        ) && recorded.kind == "permit2"
+            && deadline < U256::from(now_s.max(0))
+        {
+            let call = abi::nonceBitmapCall {
+                owner,
+                wordPos: nonce >> 8,
+            };
+            let request = TransactionRequest::default()
+                .to(permit2)
+                .input(Bytes::from(call.abi_encode()).into());
+            if let Ok(out) = provider.call(request).await
+                && let Ok(bitmap) = abi::nonceBitmapCall::abi_decode_returns(&out)
+                && !bitmap.bit(usize::try_from(nonce & U256::from(255)).unwrap_or(0))
+            {
+                return Settlement::Failed(Rejection::expired(
+                    "the permit expired before it was mined",
                 ));
             }
         }

@@ -65,6 +65,8 @@ sol! {
         function totalSupply() external view returns (uint256);
         function balanceOf(address owner) external view returns (uint256);
         function transfer(address to, uint256 value) external returns (bool);
+        function approve(address spender, uint256 value) external returns (bool);
+        function allowance(address owner, address spender) external view returns (uint256);
         function mint(address to, uint256 value) external;
         function DOMAIN_SEPARATOR() external view returns (bytes32);
         function eip712Domain() external view returns (
@@ -96,6 +98,31 @@ sol! {
         uint256 validAfter;
         uint256 validBefore;
         bytes32 nonce;
+    }
+
+    /// Permit2's token permission (EIP-712 type, written here from Permit2's source, not
+    /// taken from the code under test).
+    #[derive(Debug)]
+    struct TokenPermissions {
+        address token;
+        uint256 amount;
+    }
+
+    /// The `evm` spec's Permit2 witness.
+    #[derive(Debug)]
+    struct PaymentWitness {
+        bytes32 challengeHash;
+        string externalId;
+    }
+
+    /// What a `permit2` credential signs (domain `Permit2`, no version).
+    #[derive(Debug)]
+    struct PermitWitnessTransferFrom {
+        TokenPermissions permitted;
+        address spender;
+        uint256 nonce;
+        uint256 deadline;
+        PaymentWitness witness;
     }
 
     /// EIP-3009's payee-submitted variant.
@@ -691,6 +718,144 @@ pub async fn submit_authorization(
         .await
         .map_err(|e| e.to_string())?;
     pending.get_receipt().await.map_err(|e| e.to_string())
+}
+
+/// Uniswap's Permit2 at its canonical address (the same on every chain).
+pub const PERMIT2: Address =
+    alloy::primitives::address!("0x000000000022D473030F116dDEE9F6B43aC78BA3");
+
+/// Install Permit2 at [`PERMIT2`] on `anvil`: its runtime code is read from a throwaway
+/// `anvil --network tempo` (which predeploys the canonical Permit2) and set with
+/// `anvil_setCode`. Permit2 recomputes its domain separator from `block.chainid` and its own
+/// address, both the same here.
+pub async fn install_permit2(anvil: &Anvil) {
+    static CODE: tokio::sync::OnceCell<Bytes> = tokio::sync::OnceCell::const_new();
+    let code = CODE
+        .get_or_init(|| async {
+            let tempo = Anvil::start_with(&["--network", "tempo"]).await;
+            let code = tempo
+                .provider()
+                .get_code_at(PERMIT2)
+                .await
+                .expect("eth_getCode Permit2");
+            assert!(
+                code.len() > 1000,
+                "anvil --network tempo has no Permit2 at {PERMIT2}"
+            );
+            code
+        })
+        .await;
+    anvil
+        .rpc("anvil_setCode", json!([PERMIT2, code.to_string()]))
+        .await;
+}
+
+/// `owner` (dev account `i`) approves Permit2 to move its `token` (the one-time set-up a
+/// `permit2` credential needs).
+pub async fn approve_permit2(anvil: &Anvil, i: usize, token: Address) {
+    let call = TestStablecoin::approveCall {
+        spender: PERMIT2,
+        value: U256::MAX,
+    };
+    let tx = TransactionRequest::default()
+        .with_to(token)
+        .with_input(call.abi_encode());
+    let receipt = anvil
+        .wallet_provider(anvil.signer(i))
+        .send_transaction(tx)
+        .await
+        .expect("approve Permit2")
+        .get_receipt()
+        .await
+        .expect("approve receipt");
+    assert!(receipt.status(), "approve reverted");
+}
+
+/// A signed Permit2 `PermitWitnessTransferFrom` for one transfer.
+#[derive(Debug, Clone)]
+pub struct Permit {
+    /// The signer.
+    pub owner: Address,
+    /// Token and permitted amount.
+    pub token: Address,
+    /// The most the spender may move.
+    pub permitted: U256,
+    /// Where the transfer goes and how much (`transferDetails[0]`).
+    pub to: Address,
+    /// `requestedAmount`.
+    pub requested: U256,
+    /// Permit2's unordered nonce.
+    pub nonce: U256,
+    /// Unix seconds.
+    pub deadline: u64,
+    /// `witness.challengeHash`.
+    pub challenge_hash: B256,
+    /// The signature.
+    pub signature: Signature,
+}
+
+impl Permit {
+    /// The `evm` credential `payload` of `type="permit2"` (draft-evm-charge-00).
+    pub fn payload(&self) -> Value {
+        json!({
+            "type": "permit2",
+            "permit": {
+                "permitted": [{"token": self.token.to_checksum(None), "amount": self.permitted.to_string()}],
+                "nonce": self.nonce.to_string(),
+                "deadline": self.deadline.to_string(),
+            },
+            "transferDetails": [{"to": self.to.to_checksum(None), "requestedAmount": self.requested.to_string()}],
+            "witness": {"challengeHash": self.challenge_hash.to_string(), "externalId": ""},
+            "signature": Bytes::from(self.signature.as_bytes()).to_string(),
+        })
+    }
+}
+
+/// Sign a Permit2 witness transfer of `amount` of `token` to `to`, spendable by `spender`.
+pub fn sign_permit2(
+    signer: &PrivateKeySigner,
+    chain_id: u64,
+    token: Address,
+    spender: Address,
+    to: Address,
+    amount: u128,
+    nonce: u64,
+    deadline: u64,
+    challenge_hash: B256,
+) -> Permit {
+    use alloy::signers::SignerSync;
+    let domain = eip712_domain! {
+        name: "Permit2",
+        chain_id: chain_id,
+        verifying_contract: PERMIT2,
+    };
+    let message = PermitWitnessTransferFrom {
+        permitted: TokenPermissions {
+            token,
+            amount: U256::from(amount),
+        },
+        spender,
+        nonce: U256::from(nonce),
+        deadline: U256::from(deadline),
+        witness: PaymentWitness {
+            challengeHash: challenge_hash,
+            externalId: String::new(),
+        },
+    };
+    let signature = signer
+        .sign_hash_sync(&message.eip712_signing_hash(&domain))
+        .expect("sign");
+    Permit {
+        owner: signer.address(),
+        token,
+        permitted: U256::from(amount),
+        to,
+        requested: U256::from(amount),
+        nonce: U256::from(nonce),
+        deadline,
+        challenge_hash,
+        signature,
+    }
 }
 
 /// A signed EIP-1559 `transfer(to, amount)` on `token` from `signer`, at the account's next
