@@ -349,8 +349,10 @@ impl Anvil {
                 if !sent && let Some(addr) = trimmed.strip_prefix("Listening on ") {
                     let _ = tx.send((addr.to_owned(), std::mem::take(&mut keys)));
                     sent = true;
+                } else if sent {
+                    // Only after the banner, which prints the dev accounts' keys and mnemonic.
+                    append_bounded(&sink, &line);
                 }
-                append_bounded(&sink, &line);
             }
         });
         let stderr = child.stderr.take().context("anvil stderr")?;
