@@ -98,9 +98,9 @@ pub const DURATION_S_MAX: u64 = 3_600;
 /// How long the server may take to start.
 const SERVER_START_TIMEOUT: Duration = Duration::from_secs(60);
 
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Drop for Server {
@@ -120,11 +120,13 @@ impl Drop for Server {
     }
 }
 
-fn start_server(
+/// Start `turnpike serve` with a 1% platform fee on the chosen database, with `envs` set.
+pub(crate) fn start_server(
     backend: Backend,
     database_url: Option<&str>,
     dir: &TempDir,
     admin_token: &str,
+    envs: &[(&str, &str)],
 ) -> anyhow::Result<Server> {
     let exe = std::env::current_exe().context("locating the turnpike binary")?;
     let mut command = Command::new(exe);
@@ -141,6 +143,7 @@ fn start_server(
         .env("TURNPIKE_ADMIN_TOKEN", admin_token)
         .env("RUST_LOG", "warn")
         .env_remove("DATABASE_URL")
+        .envs(envs.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     if backend == Backend::Postgres {
@@ -351,6 +354,7 @@ pub async fn run(args: VerifyBenchArgs) -> anyhow::Result<()> {
         args.database_url.as_deref(),
         &dir,
         &admin_token,
+        &[],
     )?;
     let api = server.url.clone();
     let setup = setup(&api, &admin_token, &dir, 1, false).await?;
@@ -415,7 +419,7 @@ pub async fn run(args: VerifyBenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn ledger_check(
+pub(crate) async fn ledger_check(
     backend: Backend,
     database_url: Option<&str>,
     dir: &TempDir,
@@ -432,7 +436,7 @@ async fn ledger_check(
     .await?)
 }
 
-fn backend_name(backend: Backend) -> &'static str {
+pub(crate) fn backend_name(backend: Backend) -> &'static str {
     match backend {
         Backend::Sqlite => "sqlite",
         Backend::Postgres => "postgres",
@@ -456,6 +460,7 @@ pub async fn run_pay(args: PayBenchArgs) -> anyhow::Result<()> {
         args.database_url.as_deref(),
         &dir,
         &admin_token,
+        &[],
     )?;
     let api = server.url.clone();
     let setup = setup(&api, &admin_token, &dir, args.concurrency, true).await?;

@@ -278,7 +278,7 @@ fn random_token(prefix: &str) -> anyhow::Result<String> {
 }
 
 /// The echo upstream: any request gets JSON describing it, plus a fake weather report.
-async fn echo(method: Method, uri: Uri, headers: HeaderMap) -> axum::Json<Value> {
+pub(crate) async fn echo(method: Method, uri: Uri, headers: HeaderMap) -> axum::Json<Value> {
     let path = uri.path().to_owned();
     let city = path
         .strip_prefix("/weather/")

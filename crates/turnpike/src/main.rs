@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bench_evm;
 mod bench_verify;
 mod conformance;
 mod db;
@@ -109,9 +110,14 @@ enum BenchCommand {
     Verify(bench_verify::VerifyBenchArgs),
     /// `/v1/agent/pay` per second of a real server, every agent under a spend policy.
     Pay(bench_verify::PayBenchArgs),
+    /// Paid requests per second and time to receipt of the evm rail, end to end on anvil.
+    Evm(bench_evm::EvmBenchArgs),
     /// The load generator `bench verify` and `bench pay` run as a separate process.
     #[command(hide = true)]
     VerifyLoad(bench_verify::LoadArgs),
+    /// The load generator `bench evm` runs as a separate process.
+    #[command(hide = true)]
+    EvmLoad(bench_evm::EvmLoadArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -182,6 +188,12 @@ fn main() -> ExitCode {
         Command::Bench {
             command: BenchCommand::VerifyLoad(args),
         } => block_on(bench_verify::load(args)),
+        Command::Bench {
+            command: BenchCommand::Evm(args),
+        } => block_on(bench_evm::run(args)),
+        Command::Bench {
+            command: BenchCommand::EvmLoad(args),
+        } => block_on(bench_evm::load(args)),
         Command::Agent { command } => block_on(owner::agent(command)),
         Command::Policy { command } => block_on(owner::policy(command)),
         Command::Approvals { command } => block_on(owner::approvals(command)),
