@@ -14,7 +14,7 @@ use alloy::primitives::Address;
 use alloy::signers::local::PrivateKeySigner;
 use reqwest::Method;
 use serde_json::{Value, json};
-use support::chain::{self, Anvil};
+use support::chain::{self, Anvil, RpcProxy};
 use support::{ADMIN_TOKEN, Options, Payer, Reply, Server, TP_PROBLEMS, Tenant};
 use turnpike_server::secrets::SecretsKey;
 use turnpike_store::on_both_databases;
@@ -23,6 +23,7 @@ use turnpike_store::testing::TestDb;
 on_both_databases!(
     deposits_are_credited_once_after_their_confirmations_and_pay_a_merchant,
     a_restart_a_rescan_and_a_second_replica_credit_nothing_twice,
+    an_rpc_that_stops_answering_only_delays_deposits,
     bad_deposit_configuration_is_refused_and_nothing_is_stored,
     deposit_addresses_need_the_secrets_key_and_never_show_their_key,
 );
@@ -234,6 +235,17 @@ async fn deposits_are_credited_once_after_their_confirmations_and_pay_a_merchant
     assert!(listed[2]["creditedAt"].is_string());
     assert_eq!(usdc(&server, &other).await, 0);
     assert!(deposits(&server, &other).await.is_empty());
+    let newest = server
+        .get("/v1/deposits?limit=1", &org.key)
+        .await
+        .expect_status(200)
+        .json();
+    assert_eq!(newest["data"].as_array().unwrap().len(), 1);
+    assert_eq!(newest["data"][0], listed[0]);
+    server
+        .get("/v1/deposits?limit=many", &org.key)
+        .await
+        .expect_problem(400, &format!("{TP_PROBLEMS}invalid-request"));
 
     // The deposited balance pays a merchant with the `turnpike` method.
     let shop = server.create_tenant("shop").await;
@@ -327,6 +339,36 @@ async fn a_restart_a_rescan_and_a_second_replica_credit_nothing_twice(db: &TestD
     // The address survives the restart.
     assert_eq!(deposit_address(&server, &org).await, address);
     drop(replica);
+    server.assert_ledger_consistent().await;
+}
+
+async fn an_rpc_that_stops_answering_only_delays_deposits(db: &TestDb) {
+    let anvil = Anvil::start().await;
+    let token = chain::deploy_stablecoin(&anvil, chain::TOKEN_NAME, chain::TOKEN_VERSION).await;
+    chain::mint(&anvil, token, anvil.address(3), 10_000_000).await;
+    let proxy = RpcProxy::start(anvil.rpc_url()).await;
+    let server = Server::start(db).await;
+    let mut body = config_body(&anvil, token, 1);
+    body["rpcUrl"] = json!(proxy.url());
+    put_config(&server, body).await.expect_status(201);
+    let org = server.create_tenant("org").await;
+    let address = deposit_address(&server, &org).await;
+    let scanned = next_block(&server).await;
+    proxy.cut();
+    chain::broadcast_transfer(&anvil, &anvil.signer(3), token, address, 123_456).await;
+    anvil.mine(2).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(usdc(&server, &org).await, 0);
+    assert_eq!(next_block(&server).await, scanned, "no block is skipped");
+    server.get("/readyz", &org.key).await.expect_status(200);
+    assert!(
+        server.log().contains("deposit scan failed"),
+        "a warning is logged: {}",
+        server.log()
+    );
+    proxy.restore();
+    wait_balance(&server, &org, 123_456).await;
+    assert_eq!(deposits(&server, &org).await.len(), 1);
     server.assert_ledger_consistent().await;
 }
 

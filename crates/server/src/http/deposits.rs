@@ -4,6 +4,7 @@
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
@@ -217,8 +218,9 @@ struct ListQuery {
 async fn list(
     auth: TenantAuth,
     State(state): State<AppState>,
-    Query(q): Query<ListQuery>,
+    query: Result<Query<ListQuery>, QueryRejection>,
 ) -> ApiResult<axum::Json<Value>> {
+    let Query(q) = query.map_err(|_| ApiError::invalid("`limit` must be a whole number"))?;
     let rows = state
         .store
         .deposits(&auth.tenant.id, q.limit.unwrap_or(100))
