@@ -9,7 +9,7 @@ use std::time::Duration;
 use alloy::primitives::{Address, B256, Bytes, U256};
 use alloy::providers::{Provider, RootProvider};
 use alloy::rpc::client::RpcClient;
-use alloy::rpc::types::TransactionReceipt;
+use alloy::rpc::types::{Filter, Log, TransactionReceipt};
 use alloy::sol_types::SolEvent;
 use alloy::transports::http::Http;
 use alloy::transports::{RpcError, TransportErrorKind};
@@ -170,17 +170,108 @@ pub fn token_transfers(receipt: &TransactionReceipt, token: Address) -> Vec<Toke
         .logs()
         .iter()
         .filter(|log| log.address() == token)
+        .filter_map(decode_transfer)
+        .collect()
+}
+
+/// The ERC-20 `Transfer` a log carries, if it is one (three topics, a 32-byte value).
+pub fn decode_transfer(log: &Log) -> Option<TokenTransfer> {
+    let topics = log.topics();
+    if topics.len() != 3 || topics[0] != Transfer::SIGNATURE_HASH {
+        return None;
+    }
+    let data = &log.data().data;
+    (data.len() == 32).then(|| TokenTransfer {
+        from: Address::from_word(topics[1]),
+        to: Address::from_word(topics[2]),
+        value: U256::from_be_slice(data),
+    })
+}
+
+/// Most addresses one [`transfer_logs`] call filters recipients by (one `eth_getLogs` topic
+/// list; providers limit its length).
+pub const LOG_RECIPIENTS_MAX: usize = 500;
+/// Most blocks one [`transfer_logs`] call spans (providers limit `eth_getLogs` ranges).
+pub const LOG_BLOCK_RANGE_MAX: u64 = 1_000;
+
+/// One ERC-20 transfer found by [`transfer_logs`], with where the chain put it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransferLog {
+    /// The token contract that emitted it.
+    pub token: Address,
+    /// The transfer.
+    pub transfer: TokenTransfer,
+    /// The block that includes it.
+    pub block_number: u64,
+    /// Its transaction.
+    pub tx_hash: B256,
+    /// Its index among the block's logs.
+    pub log_index: u64,
+}
+
+/// The chain's latest block number.
+pub async fn block_number(provider: &RootProvider) -> Result<u64, Unavailable> {
+    provider
+        .get_block_number()
+        .await
+        .map_err(|_| Unavailable("the RPC did not answer eth_blockNumber".into()))
+}
+
+/// The chain id the RPC serves.
+pub async fn chain_id(provider: &RootProvider) -> Result<u64, Unavailable> {
+    provider
+        .get_chain_id()
+        .await
+        .map_err(|_| Unavailable("the RPC did not answer eth_chainId".into()))
+}
+
+/// The `Transfer` logs of `tokens` to any of `recipients` in blocks `from_block..=to_block`
+/// (`eth_getLogs`), in chain order. At most [`LOG_RECIPIENTS_MAX`] recipients and
+/// [`LOG_BLOCK_RANGE_MAX`] blocks per call. Removed (reorged) logs and logs without a block,
+/// transaction or index are left out.
+pub async fn transfer_logs(
+    provider: &RootProvider,
+    tokens: &[Address],
+    recipients: &[Address],
+    from_block: u64,
+    to_block: u64,
+) -> Result<Vec<TransferLog>, Unavailable> {
+    assert!(
+        recipients.len() <= LOG_RECIPIENTS_MAX,
+        "transfer_logs: too many recipients"
+    );
+    assert!(
+        from_block <= to_block && to_block - from_block < LOG_BLOCK_RANGE_MAX,
+        "transfer_logs: bad block range"
+    );
+    if tokens.is_empty() || recipients.is_empty() {
+        return Ok(Vec::new());
+    }
+    let topic = |a: &Address| a.into_word();
+    let filter = Filter::new()
+        .address(tokens.to_vec())
+        .event_signature(Transfer::SIGNATURE_HASH)
+        .topic2(recipients.iter().map(topic).collect::<Vec<B256>>())
+        .from_block(from_block)
+        .to_block(to_block);
+    let logs = provider
+        .get_logs(&filter)
+        .await
+        .map_err(|_| Unavailable("the RPC did not answer eth_getLogs".into()))?;
+    let mut found: Vec<TransferLog> = logs
+        .iter()
+        .filter(|log| !log.removed)
         .filter_map(|log| {
-            let topics = log.topics();
-            if topics.len() != 3 || topics[0] != Transfer::SIGNATURE_HASH {
-                return None;
-            }
-            let data = &log.data().data;
-            (data.len() == 32).then(|| TokenTransfer {
-                from: Address::from_word(topics[1]),
-                to: Address::from_word(topics[2]),
-                value: U256::from_be_slice(data),
+            Some(TransferLog {
+                token: log.address(),
+                transfer: decode_transfer(log)?,
+                block_number: log.block_number?,
+                tx_hash: log.transaction_hash?,
+                log_index: log.log_index?,
             })
         })
-        .collect()
+        .filter(|found| tokens.contains(&found.token) && recipients.contains(&found.transfer.to))
+        .collect();
+    found.sort_by_key(|log| (log.block_number, log.log_index));
+    Ok(found)
 }

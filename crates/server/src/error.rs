@@ -134,6 +134,8 @@ fn title(code: &str) -> &'static str {
         "unavailable" => "Service unavailable",
         "payload-too-large" => "Payload too large",
         "admin-disabled" => "Operator API disabled",
+        "secrets-key-missing" => "No secrets key on this server",
+        "deposits-disabled" => "Deposits are not configured",
         _ => "Internal error",
     }
 }

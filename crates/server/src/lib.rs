@@ -6,6 +6,7 @@ pub mod auth;
 pub mod cache;
 pub mod catalog;
 pub mod decision;
+pub mod deposits;
 pub mod error;
 pub mod http;
 pub mod ids;
@@ -68,6 +69,7 @@ pub async fn start(store: Store, config: Config) -> anyhow::Result<AppState> {
     );
     let state = AppState::new(store, engine, config, test_clock).await?;
     rails::spawn_jobs(state.clone());
+    deposits::spawn_watcher(state.clone());
     Ok(state)
 }
 

@@ -49,6 +49,8 @@ pub const GAS_CHECK_BATCH_MAX: i64 = 1_000;
 pub struct Rails {
     /// `evm`.
     pub evm: EvmRail,
+    /// RPC clients of the deposit watcher.
+    pub deposits_rpc: turnpike_rails::rpc::Providers,
 }
 
 /// The secrets of an `evm` configuration (sealed at rest).

@@ -79,6 +79,8 @@ pub struct Inner {
     pub rails: crate::rails::Rails,
     /// Hot wallets' last gas readings.
     pub gas: crate::rails::GasReadings,
+    /// The deposit watcher's last readings.
+    pub deposits: crate::deposits::DepositReadings,
     keys: RwLock<KeyRing>,
     accounts_known: Mutex<HashSet<u128>>,
 }
@@ -167,6 +169,7 @@ impl AppState {
             test_clock,
             rails: crate::rails::Rails::default(),
             gas: crate::rails::GasReadings::default(),
+            deposits: crate::deposits::DepositReadings::default(),
             keys: RwLock::new(keys),
             accounts_known: Mutex::new(HashSet::new()),
         })))

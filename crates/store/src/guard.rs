@@ -19,6 +19,7 @@ use turnpike_ledger::{
     BackendError, Command, CommandResult, Engine, Guard, PendingState, TransferId,
 };
 
+use crate::deposits::{DELETE_DEPOSIT, DepositRow, INSERT_DEPOSIT};
 use crate::error::{Dialect, backend_error};
 use crate::merchant::PaymentRow;
 use crate::spend_guard::{SpendDenial, SpendGuard, SpendState};
@@ -36,6 +37,10 @@ pub enum LedgerGuard {
     /// reference. Refused with [`GuardRefusal::PaymentTaken`] when it is not claimed or pending
     /// any more (settled already, or released): the booking then never happens twice.
     Settle(Box<SettleGuard>),
+    /// Insert this deposit row: a token transfer log credited to a tenant. Refused with
+    /// [`GuardRefusal::DepositCredited`] when its log is credited already (by another command,
+    /// replica or an earlier run), so that a log is never credited twice.
+    Deposit(Box<DepositRow>),
 }
 
 /// A payment settled on an outside rail, booked with its transfers.
@@ -60,6 +65,8 @@ pub enum GuardRefusal {
     NeedsApproval(String),
     /// The approval the guard carried is not granted for this payment, was used, or expired.
     ApprovalInvalid,
+    /// This deposit's log is credited already.
+    DepositCredited,
 }
 
 impl Guard for LedgerGuard {
@@ -111,7 +118,10 @@ fn payments(commands: &[Command<LedgerGuard>]) -> Vec<(usize, &PaymentRow)> {
         .enumerate()
         .filter_map(|(i, command)| match command {
             Command::Guarded(LedgerGuard::Payment(row), _) => Some((i, &**row)),
-            Command::Guarded(LedgerGuard::Spend(_) | LedgerGuard::Settle(_), _)
+            Command::Guarded(
+                LedgerGuard::Spend(_) | LedgerGuard::Settle(_) | LedgerGuard::Deposit(_),
+                _,
+            )
             | Command::Linked(_)
             | Command::Expire(_) => None,
         })
@@ -165,6 +175,8 @@ pub(crate) struct Guards<'a> {
     spends: SpendState<'a>,
     /// The settle guards that marked their payment settled: (command index, payment id).
     settled: Vec<(usize, &'a str)>,
+    /// The deposit guards whose row was inserted: (command index, row).
+    deposits: Vec<(usize, &'a DepositRow)>,
 }
 
 impl Guards<'_> {
@@ -185,10 +197,13 @@ pub(crate) async fn before_ledger<'a>(
     payments.merge(commands.len(), spends.refusals());
     let (settled, refused) = mark_settled(conn, commands, now_ms).await?;
     payments.merge(commands.len(), refused.into_iter());
+    let (deposits, refused) = record_deposits(conn, commands).await?;
+    payments.merge(commands.len(), refused.into_iter());
     Ok(Guards {
         payments,
         spends,
         settled,
+        deposits,
     })
 }
 
@@ -202,6 +217,7 @@ pub(crate) async fn after_ledger(
 ) -> Result<(), BackendError> {
     drop_failed_payments(conn, &guards.payments, results).await?;
     unmark_failed_settlements(conn, &guards.settled, results, now_ms).await?;
+    drop_failed_deposits(conn, &guards.deposits, results).await?;
     crate::spend_guard::after_ledger(conn, &guards.spends, results, pending_updates, now_ms).await
 }
 
@@ -361,6 +377,65 @@ async fn drop_failed_payments(
     for id in recorded.failed_ids(results) {
         on_conn!(conn, c => sqlx::query(DELETE_PAYMENT).bind(id)
             .execute(&mut **c).await.map_err(&err)?.rows_affected());
+    }
+    Ok(())
+}
+
+/// What the batch's deposit guards did: the rows inserted, and the refusals.
+type DepositMarks<'a> = (Vec<(usize, &'a DepositRow)>, Vec<(usize, GuardRefusal)>);
+
+/// The batch's deposit guards: insert each row; refuse those whose log is credited already
+/// (rare, and one statement each: a watcher credits a handful of logs per pass).
+async fn record_deposits<'a>(
+    conn: &mut Conn<'_>,
+    commands: &'a [Command<LedgerGuard>],
+) -> Result<DepositMarks<'a>, BackendError> {
+    let err = db_err(conn);
+    let mut inserted = Vec::new();
+    let mut refused = Vec::new();
+    for (i, command) in commands.iter().enumerate() {
+        let Command::Guarded(LedgerGuard::Deposit(row), _) = command else {
+            continue;
+        };
+        let done = on_conn!(conn, c => sqlx::query(INSERT_DEPOSIT)
+            .bind(row.chain_id)
+            .bind(&row.tx_hash)
+            .bind(row.log_index)
+            .bind(&row.tenant_id)
+            .bind(&row.method)
+            .bind(row.block_number)
+            .bind(&row.token)
+            .bind(&row.sender)
+            .bind(&row.address)
+            .bind(&row.currency)
+            .bind(&row.amount)
+            .bind(&row.transfer_id)
+            .bind(row.credited_at)
+            .execute(&mut **c).await.map_err(&err)?.rows_affected());
+        if done == 0 {
+            refused.push((i, GuardRefusal::DepositCredited));
+        } else {
+            inserted.push((i, &**row));
+        }
+    }
+    Ok((inserted, refused))
+}
+
+/// A deposit guard whose transfer failed leaves no row: the watcher credits the log again later.
+async fn drop_failed_deposits(
+    conn: &mut Conn<'_>,
+    inserted: &[(usize, &DepositRow)],
+    results: &[CommandResult<LedgerGuard>],
+) -> Result<(), BackendError> {
+    let err = db_err(conn);
+    for (i, row) in inserted {
+        if !results[*i].applied() {
+            on_conn!(conn, c => sqlx::query(DELETE_DEPOSIT)
+                .bind(row.chain_id)
+                .bind(&row.tx_hash)
+                .bind(row.log_index)
+                .execute(&mut **c).await.map_err(&err)?.rows_affected());
+        }
     }
     Ok(())
 }

@@ -24,6 +24,7 @@ macro_rules! on_pool {
 
 mod agents;
 mod check;
+mod deposits;
 mod error;
 mod guard;
 mod history;
@@ -53,6 +54,7 @@ pub use agents::{
     AgentRow, AgentTokenRow, ApprovalRow, AuditFilter, AuditRow, Decided, PolicyRow, SpendRow,
 };
 pub use check::{CheckReport, Phase, Total, VIOLATIONS_LISTED_MAX, Violation};
+pub use deposits::{CursorStart, DepositAddressRow, DepositConfigRow, DepositRow};
 pub use error::StoreError;
 pub use guard::{GuardRefusal, LedgerGuard, SettleGuard, StoreEngine};
 pub use history::{Cursor, HISTORY_PAGE_LIMIT_MAX, Page};

@@ -670,7 +670,8 @@ fn outcome_of(
 ) -> Option<(&'static str, Option<String>, Option<String>)> {
     Some(match verdict {
         Verdict::Refused(GuardRefusal::PolicyChanged)
-        | Verdict::Refused(GuardRefusal::PaymentTaken) => {
+        | Verdict::Refused(GuardRefusal::PaymentTaken)
+        | Verdict::Refused(GuardRefusal::DepositCredited) => {
             return None;
         }
         Verdict::Refused(GuardRefusal::Denied(d)) => {

@@ -16,8 +16,8 @@ use turnpike_ledger::{
     TransferId, TransferRequest,
 };
 use turnpike_store::{
-    ApiKeyRow, BindingSecretRow, GuardRefusal, LedgerGuard, PaymentRow, Store, StoreEngine,
-    TenantRow,
+    ApiKeyRow, BindingSecretRow, DepositRow, GuardRefusal, LedgerGuard, PaymentRow, Store,
+    StoreEngine, TenantRow,
 };
 
 use turnpike_store::on_both_databases;
@@ -27,6 +27,7 @@ on_both_databases!(
     second_payment_of_a_challenge_or_a_proof_is_refused_and_moves_nothing,
     failed_transfer_leaves_no_payment_row_and_frees_the_challenge,
     concurrent_payments_of_one_challenge_settle_once,
+    a_deposit_log_is_credited_once_across_replicas_and_a_failed_credit_leaves_no_row,
 );
 
 const T0: i64 = 1_800_000_000_000;
@@ -245,5 +246,77 @@ async fn concurrent_payments_of_one_challenge_settle_once(db: &TestDb) {
     assert_eq!((paid, taken), (1, 19));
     assert_eq!(balance(&store, MERCHANT).await, (0, 10));
     assert_eq!(store.payments(TENANT, 100).await.unwrap().len(), 1);
+    assert!(store.check().await.unwrap().is_ok());
+}
+
+fn deposit(log_index: i64, amount: u128) -> LedgerGuard {
+    LedgerGuard::Deposit(Box::new(DepositRow {
+        chain_id: 31337,
+        tx_hash: format!("0x{}", "ab".repeat(32)),
+        log_index,
+        tenant_id: TENANT.into(),
+        method: "evm".into(),
+        block_number: 7,
+        token: "0x0000000000000000000000000000000000000001".into(),
+        sender: "0x0000000000000000000000000000000000000002".into(),
+        address: "0x0000000000000000000000000000000000000003".into(),
+        currency: "usd".into(),
+        amount: amount.to_string(),
+        transfer_id: (500 + log_index).to_string(),
+        credited_at: T0,
+    }))
+}
+
+async fn a_deposit_log_is_credited_once_across_replicas_and_a_failed_credit_leaves_no_row(
+    db: &TestDb,
+) {
+    let (store, engine) = setup(db).await;
+    let other = Engine::start(Arc::new(store.clone()), EngineConfig::default());
+    // Twenty submissions of one log from two replicas: one credit.
+    let mut tasks = Vec::new();
+    for i in 0..20u128 {
+        let engine = if i % 2 == 0 {
+            engine.clone()
+        } else {
+            other.clone()
+        };
+        tasks.push(tokio::spawn(async move {
+            engine
+                .guarded(deposit(0, 25), vec![transfer(500, WORLD, PAYER, 25)])
+                .await
+                .unwrap()
+        }));
+    }
+    let mut credited = 0;
+    let mut refused = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(results) if results.iter().all(Result::is_ok) => credited += 1,
+            Err(GuardRefusal::DepositCredited) => refused += 1,
+            other => panic!("unexpected outcome {other:?}"),
+        }
+    }
+    assert_eq!((credited, refused), (1, 19));
+    assert_eq!(balance(&store, PAYER).await, (0, 1_025));
+    assert_eq!(store.deposits(TENANT, 100).await.unwrap().len(), 1);
+    // A credit whose transfer fails (a payer balance cannot be debited below zero) leaves no
+    // row, so the log is credited when it can be.
+    let results = engine
+        .guarded(deposit(1, 5_000), vec![transfer(501, PAYER, WORLD, 5_000)])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(results, vec![Err(TransferError::ExceedsCredits)]);
+    assert_eq!(store.deposits(TENANT, 100).await.unwrap().len(), 1);
+    let results = engine
+        .guarded(deposit(1, 5), vec![transfer(502, WORLD, PAYER, 5)])
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(results.iter().all(Result::is_ok));
+    let listed = store.deposits(TENANT, 100).await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert_eq!((listed[0].log_index, listed[0].amount.as_str()), (1, "5"));
+    assert_eq!(balance(&store, PAYER).await, (0, 1_030));
     assert!(store.check().await.unwrap().is_ok());
 }

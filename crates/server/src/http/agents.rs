@@ -649,7 +649,9 @@ fn denial(state: &AppState, refusal: GuardRefusal) -> ApiError {
         GuardRefusal::PolicyChanged => ApiError::unavailable(
             "the agent's policy kept changing while this payment was evaluated; retry",
         ),
-        GuardRefusal::PaymentTaken | GuardRefusal::NeedsApproval(_) => ApiError::internal(),
+        GuardRefusal::PaymentTaken
+        | GuardRefusal::NeedsApproval(_)
+        | GuardRefusal::DepositCredited => ApiError::internal(),
     }
 }
 

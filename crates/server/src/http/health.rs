@@ -18,14 +18,15 @@ pub fn router() -> Router<AppState> {
         .route("/metrics", get(metrics))
 }
 
-/// Prometheus text format: the evm hot wallets' gas (the low-gas alert) for now.
+/// Prometheus text format: the evm hot wallets' gas (the low-gas alert) and the deposit
+/// watcher's progress.
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.gas.metrics(),
+        state.gas.metrics() + &state.deposits.metrics(),
     )
 }
 

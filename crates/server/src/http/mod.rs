@@ -9,6 +9,7 @@ use crate::state::AppState;
 
 pub mod admin;
 pub mod agents;
+pub mod deposits;
 pub mod discovery;
 pub mod gateway;
 pub mod health;
@@ -26,6 +27,7 @@ pub fn router() -> Router<AppState> {
         .merge(tenant::router())
         .merge(prices::router())
         .merge(rails::router())
+        .merge(deposits::router())
         .merge(payments::router())
         .merge(agents::router())
         .merge(spend::router())

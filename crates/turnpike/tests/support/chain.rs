@@ -89,6 +89,12 @@ sol! {
         ) external;
     }
 
+    /// `contracts/TestBatchSender.sol`: several ERC-20 transfers in one transaction.
+    #[derive(Debug)]
+    contract TestBatchSender {
+        function send(address token, address[] to, uint256[] values) external;
+    }
+
     /// EIP-3009's signed message (the `authorization` credential's EIP-712 primary type).
     #[derive(Debug)]
     struct TransferWithAuthorization {
@@ -546,6 +552,35 @@ pub async fn mint(anvil: &Anvil, token: Address, to: Address, amount: u128) {
         .with_to(token)
         .with_input(call.abi_encode());
     send_ok(anvil, "mint", tx).await;
+}
+
+/// Deploy `TestBatchSender` from dev account 0; its address.
+pub async fn deploy_batch_sender(anvil: &Anvil) -> Address {
+    let code = artifacts().bytecode("TestBatchSender").to_vec();
+    let tx = TransactionRequest::default().with_deploy_code(code);
+    send_ok(anvil, "deploy TestBatchSender", tx)
+        .await
+        .contract_address
+        .expect("a deployment has a contract address")
+}
+
+/// Have `sender` (a [`deploy_batch_sender`] contract holding `token`) make every transfer of
+/// `transfers` in one transaction (one `Transfer` log each, in order); the receipt.
+pub async fn batch_send(
+    anvil: &Anvil,
+    sender: Address,
+    token: Address,
+    transfers: &[(Address, u128)],
+) -> TransactionReceipt {
+    let call = TestBatchSender::sendCall {
+        token,
+        to: transfers.iter().map(|(to, _)| *to).collect(),
+        values: transfers.iter().map(|(_, v)| U256::from(*v)).collect(),
+    };
+    let tx = TransactionRequest::default()
+        .with_to(sender)
+        .with_input(call.abi_encode());
+    send_ok(anvil, "batch send", tx).await
 }
 
 /// The EIP-712 domain of a token deployed by [`deploy_stablecoin`].
