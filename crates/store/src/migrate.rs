@@ -46,6 +46,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         "rails",
         include_str!("../../../migrations/sqlite/0006_rails.sql"),
     ),
+    (
+        7,
+        "payer wallets",
+        include_str!("../../../migrations/sqlite/0007_payer_wallets.sql"),
+    ),
 ];
 
 /// (version, description, SQL) of every PostgreSQL migration, in order.
@@ -79,6 +84,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         6,
         "rails",
         include_str!("../../../migrations/postgres/0006_rails.sql"),
+    ),
+    (
+        7,
+        "payer wallets",
+        include_str!("../../../migrations/postgres/0007_payer_wallets.sql"),
     ),
 ];
 

@@ -17,6 +17,7 @@ pub mod prices;
 pub mod rails;
 pub mod spend;
 pub mod tenant;
+pub mod wallets;
 
 /// Every route.
 pub fn router() -> Router<AppState> {
@@ -26,6 +27,7 @@ pub fn router() -> Router<AppState> {
         .merge(tenant::router())
         .merge(prices::router())
         .merge(rails::router())
+        .merge(wallets::router())
         .merge(payments::router())
         .merge(agents::router())
         .merge(spend::router())

@@ -103,6 +103,8 @@ pub struct Options {
     /// `--test-clock`: time stands still and moves only by [`Server::set_clock`] /
     /// [`Server::advance_clock`] (needs `admin`).
     pub test_clock: bool,
+    /// Set TURNPIKE_SECRETS_KEY (rail and wallet keys can be kept).
+    pub secrets_key: bool,
 }
 
 impl Default for Options {
@@ -111,6 +113,7 @@ impl Default for Options {
             admin: true,
             fee_bps: FEE_BPS,
             test_clock: false,
+            secrets_key: true,
         }
     }
 }
@@ -268,7 +271,11 @@ impl Server {
         if options.admin {
             cmd.env("TURNPIKE_ADMIN_TOKEN", ADMIN_TOKEN);
         }
-        cmd.env("TURNPIKE_SECRETS_KEY", SECRETS_KEY);
+        if options.secrets_key {
+            cmd.env("TURNPIKE_SECRETS_KEY", SECRETS_KEY);
+        } else {
+            cmd.env_remove("TURNPIKE_SECRETS_KEY");
+        }
         if options.test_clock {
             cmd.arg("--test-clock");
         }
