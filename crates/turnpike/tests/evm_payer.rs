@@ -15,13 +15,16 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use support::chain::{self, Anvil};
 use support::{Options, Server, TP_PROBLEMS, Tenant, Upstream, decision_header};
-use turnpike_protocol::{Credential, Receipt};
+use turnpike_protocol::challenge::EncodedRequest;
+use turnpike_protocol::{Challenge, Credential, Receipt};
 use turnpike_store::on_both_databases;
 use turnpike_store::testing::TestDb;
 
 on_both_databases!(
     an_agent_pays_an_evm_gateway_route_from_its_organisations_wallet,
     evm_spends_obey_the_agents_policy_and_count_once,
+    an_evm_payment_above_the_approval_threshold_is_signed_only_once_approved,
+    the_first_payable_challenge_wins_and_the_others_say_why,
     the_wallet_api_keeps_the_key_secret_and_validates_input,
     a_server_without_a_secrets_key_keeps_no_wallet,
 );
@@ -317,13 +320,43 @@ async fn evm_spends_obey_the_agents_policy_and_count_once(db: &TestDb) {
     .await;
     let token = w.token(json!({})).await;
     let first = w.challenge().await;
-    let paid = w.server.pay(&token, &first).await.expect_status(200).json();
-    let again = w.server.pay(&token, &first).await.expect_status(200).json();
-    assert_eq!(
-        again["authorization"], paid["authorization"],
-        "the same authorization"
-    );
-    assert_eq!(again["spendId"], paid["spendId"]);
+    // Asked for several times at once, then again: one spend, the same authorization each time.
+    let mut asks = Vec::new();
+    for _ in 0..6 {
+        let (http, url) = (
+            w.server.http.clone(),
+            format!("{}/v1/agent/pay", w.server.url),
+        );
+        let (token, first) = (token.clone(), first.clone());
+        asks.push(tokio::spawn(async move {
+            let reply = http
+                .post(url)
+                .bearer_auth(token)
+                .json(&json!({"challenges": first}))
+                .send()
+                .await
+                .unwrap();
+            (
+                reply.status().as_u16(),
+                reply.json::<Value>().await.unwrap(),
+            )
+        }));
+    }
+    let mut answers = Vec::new();
+    for ask in asks {
+        let (status, answer) = ask.await.unwrap();
+        assert_eq!(status, 200, "{answer}");
+        answers.push(answer);
+    }
+    answers.push(w.server.pay(&token, &first).await.expect_status(200).json());
+    let paid = answers[0].clone();
+    for again in &answers {
+        assert_eq!(
+            again["authorization"], paid["authorization"],
+            "the same authorization"
+        );
+        assert_eq!(again["spendId"], paid["spendId"]);
+    }
     let second = w
         .server
         .pay(&token, &w.challenge().await)
@@ -371,7 +404,7 @@ async fn evm_spends_obey_the_agents_policy_and_count_once(db: &TestDb) {
         .await
         .expect_status(200);
 
-    // The audit log: four allows (the retry among them), three denials.
+    // The audit log: three denials.
     let denials = w.audit("deny").await;
     let mut reasons: Vec<&str> = denials
         .iter()
@@ -387,6 +420,114 @@ async fn evm_spends_obey_the_agents_policy_and_count_once(db: &TestDb) {
         ]
     );
     w.server.assert_ledger_consistent().await;
+}
+
+async fn an_evm_payment_above_the_approval_threshold_is_signed_only_once_approved(db: &TestDb) {
+    let w = world(db).await;
+    w.put_wallet(w.wallet_body()).await.expect_status(201);
+    w.set_policy(
+        json!({"approvalAbove": [{"amount": (PRICE - 1).to_string(), "currency": "usdc"}]}),
+    )
+    .await;
+    let token = w.token(json!({})).await;
+    let challenges = w.challenge().await;
+    let reply = w.server.pay(&token, &challenges).await;
+    let held = reply.expect_problem(202, &format!("{TP_PROBLEMS}approval-required"));
+    assert!(held.get("authorization").is_none());
+    let approval_id = held["approvalId"].as_str().unwrap().to_owned();
+    let pending = w
+        .server
+        .get("/v1/approvals?state=pending", &w.payer.key)
+        .await
+        .expect_status(200)
+        .json();
+    let listed = &pending["data"][0];
+    assert_eq!(listed["id"], approval_id.as_str(), "{pending}");
+    assert_eq!(listed["method"], "evm");
+    assert_eq!(listed["currency"], "usdc");
+    assert_eq!(listed["amount"], PRICE.to_string());
+    assert_eq!(
+        listed["merchant"],
+        format!(
+            "eip155:{}:{}",
+            w.anvil.chain_id(),
+            w.recipient.to_checksum(None)
+        )
+    );
+    let with_approval = json!({"challenges": challenges, "approvalId": approval_id});
+    w.server
+        .post("/v1/agent/pay", &token, with_approval.clone())
+        .await
+        .expect_problem(409, &format!("{TP_PROBLEMS}approval-invalid"));
+    w.server
+        .post(
+            &format!("/v1/approvals/{approval_id}/approve"),
+            &w.payer.key,
+            json!({}),
+        )
+        .await
+        .expect_status(200);
+    let paid = w
+        .server
+        .post("/v1/agent/pay", &token, with_approval)
+        .await
+        .expect_status(200)
+        .json();
+    let decision = w
+        .server
+        .verify(
+            &w.merchant,
+            paid["authorization"].clone(),
+            "GET",
+            PATH,
+            None,
+        )
+        .await
+        .expect_status(200)
+        .json();
+    assert_eq!(decision["decision"], "paid", "{decision}");
+}
+
+async fn the_first_payable_challenge_wins_and_the_others_say_why(db: &TestDb) {
+    let w = world(db).await;
+    w.put_wallet(w.wallet_body()).await.expect_status(201);
+    let token = w.token(json!({})).await;
+    let real = w.challenge().await;
+    let parsed = Challenge::parse(&real[0]).unwrap();
+    // Variants of the offer the wallet cannot pay: another token, an expired challenge.
+    let variant = |id: &str, edit: &dyn Fn(&mut Challenge, &mut serde_json::Map<String, Value>)| {
+        let mut c = parsed.clone();
+        let mut request = c.request_json().clone();
+        edit(&mut c, &mut request);
+        c.id = id.to_owned();
+        c.request = EncodedRequest::from_json(request).unwrap();
+        c.header = None;
+        c.to_header_value().unwrap()
+    };
+    let other_token = variant("othertoken", &|_, r| {
+        r["currency"] = json!(Address::repeat_byte(9).to_checksum(None));
+    });
+    let expired = variant("expired", &|c, _| {
+        c.expires = Some("2020-01-01T00:00:00Z".into());
+    });
+    let paid = w
+        .server
+        .pay(
+            &token,
+            &[other_token.clone(), expired.clone(), real[0].clone()],
+        )
+        .await
+        .expect_status(200)
+        .json();
+    assert_eq!(paid["challengeId"], parsed.id, "{paid}");
+    let reply = w.server.pay(&token, &[other_token, expired]).await;
+    let problem = reply.expect_problem(422, &format!("{TP_PROBLEMS}no-supported-challenge"));
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("pays no token") && detail.contains("expired"),
+        "{detail}"
+    );
+    assert_eq!(w.audit("allow").await.len(), 1);
 }
 
 async fn the_wallet_api_keeps_the_key_secret_and_validates_input(db: &TestDb) {
