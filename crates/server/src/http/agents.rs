@@ -465,8 +465,11 @@ async fn pay(
             ),
         ));
     };
-    if let (Some(terms), Some(Some(wallet))) = (&payable.evm, &wallet) {
-        let terms = terms.clone();
+    if let Some(terms) = payable.evm.clone() {
+        // An evm challenge is payable only with the wallet read above.
+        let Some(Some(wallet)) = &wallet else {
+            return Err(ApiError::internal());
+        };
         return evm::authorize(&state, &agent, payable, terms, wallet, input.approval_id)
             .await
             .map(|(status, body)| (status, axum::Json(body)));
