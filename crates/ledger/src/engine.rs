@@ -242,6 +242,20 @@ impl<G: Guard> Engine<G> {
         }
     }
 
+    /// Check and record `guard` alone, with no transfers, in the same batch transaction as
+    /// [`Engine::guarded`] commands (so it is serialised with them): `Err(refusal)` when the
+    /// backend refused it. For what is paid outside the ledger but must still pass the guard
+    /// (e.g. an agent's spend paid from an on-chain wallet).
+    pub async fn guard(&self, guard: G) -> Result<Result<(), G::Refusal>, EngineError> {
+        match self.submit(Command::Guarded(guard, Vec::new())).await? {
+            CommandResult::Linked(results) if results.is_empty() => Ok(Ok(())),
+            CommandResult::Refused(refusal) => Ok(Err(refusal)),
+            CommandResult::Linked(_) | CommandResult::Expired(_) => {
+                unreachable!("a guard without transfers has an empty linked result")
+            }
+        }
+    }
+
     /// Expire those of `ids` that are still pending and due; returns the ones expired.
     pub async fn expire(&self, ids: Vec<TransferId>) -> Result<Vec<TransferId>, EngineError> {
         match self.submit(Command::Expire(ids)).await? {

@@ -16,6 +16,7 @@ pub mod rails;
 pub mod secrets;
 pub mod spend;
 pub mod state;
+pub mod wallets;
 
 use std::future::Future;
 use std::sync::Arc;

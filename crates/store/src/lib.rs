@@ -38,6 +38,7 @@ mod sqlite;
 mod sweeper;
 #[cfg(feature = "test-support")]
 pub mod testing;
+mod wallets;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -67,6 +68,7 @@ pub use spend_guard::{SpendDenial, SpendGuard, lineage_within};
 pub use sweeper::{
     EXPIRE_BATCH_MAX, SWEEP_INTERVAL_MIN, Sweep, SweepError, spawn_expiry_sweeper, sweep_once,
 };
+pub use wallets::PayerWalletRow;
 
 /// Most pending transfers listed by one [`Store::due_pending`] call.
 pub const DUE_PENDING_LIMIT_MAX: u32 = 10_000;

@@ -47,6 +47,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         include_str!("../../../migrations/sqlite/0006_rails.sql"),
     ),
     (
+        7,
+        "payer wallets",
+        include_str!("../../../migrations/sqlite/0007_payer_wallets.sql"),
+    ),
+    (
         8,
         "deposits",
         include_str!("../../../migrations/sqlite/0008_deposits.sql"),
@@ -84,6 +89,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         6,
         "rails",
         include_str!("../../../migrations/postgres/0006_rails.sql"),
+    ),
+    (
+        7,
+        "payer wallets",
+        include_str!("../../../migrations/postgres/0007_payer_wallets.sql"),
     ),
     (
         8,

@@ -6,7 +6,8 @@
 //!    writer) and their current policy versions read: a guard built under another version is
 //!    refused ([`GuardRefusal::PolicyChanged`]) so that the caller re-evaluates under the new one;
 //! 2. revoked tokens in each guard's lineage are refused (`token_revoked`);
-//! 3. a spend already recorded under the same id (a retry for the same challenge) passes as is;
+//! 3. a spend already recorded under the same id (a retry for the same challenge), or accepted
+//!    earlier in the same batch, passes as is;
 //! 4. usage is summed per window in one query (exact: amounts are stored as 40-bit limbs), the
 //!    batch's earlier accepted spends are added in memory, and `turnpike_policy::evaluate` runs
 //!    once per lineage level (the token and each of its ancestors, each with its subtree's
@@ -331,7 +332,11 @@ pub(crate) async fn before_ledger<'a>(
                 },
                 retry_at_ms: None,
             }))
-        } else if existing.contains(&g.spend_id.to_string()) {
+        } else if existing.contains(&g.spend_id.to_string())
+            || accepted.iter().any(|a| a.spend_id == g.spend_id)
+        {
+            // A retry for a spend already recorded, or accepted earlier in this batch (the same
+            // payment asked for concurrently): it passes as is and counts once.
             Verdict::Accepted {
                 inserted: false,
                 retry: true,

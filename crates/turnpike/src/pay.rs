@@ -80,6 +80,9 @@ struct Paid {
     amount: String,
     currency: String,
     recipient: String,
+    /// The method paid: `turnpike` (a reservation on the organisation's balance) or `evm` (an
+    /// authorization signed by the organisation's wallet).
+    method: String,
 }
 
 /// `turnpike pay`.
@@ -284,6 +287,7 @@ async fn agent_pay(
         amount,
         currency,
         recipient,
+        method: field("method").unwrap_or_else(|| "turnpike".to_owned()),
     })
 }
 
@@ -347,6 +351,14 @@ async fn finish(
         .map(|(_, detail)| format!(": {detail}"))
         .unwrap_or_default();
     match paid {
+        Some(paid) if paid.method == "evm" => bail!(
+            "{} answered {status} to the paid request{detail} (the organisation's wallet signed \
+             an authorization of {} {} to {}, usable on chain until the challenge expires)",
+            request.url,
+            paid.amount,
+            paid.currency,
+            paid.recipient
+        ),
         Some(paid) => bail!(
             "{} answered {status} to the paid request{detail} ({} {} was reserved for {}; an \
              unsettled reservation returns to the balance when it expires)",

@@ -266,7 +266,7 @@ fn url_scheme(url: &str) -> Option<&str> {
     (!rest.is_empty() && !rest.starts_with('/')).then_some(scheme)
 }
 
-fn valid_currency(code: &str) -> bool {
+pub(super) fn valid_currency(code: &str) -> bool {
     (1..=16).contains(&code.len())
         && code
             .bytes()

@@ -6,6 +6,7 @@
 //! counted only after a successful receipt with the configured confirmations.
 
 mod config;
+mod payer;
 mod payload;
 mod settle;
 
@@ -16,6 +17,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 pub use config::{ConfigError, EvmConfig, EvmSettings, PERMIT2_CANONICAL, TokenConfig};
+pub use payer::{
+    AuthorizationTerms, EvmCharge, WalletToken, authorization_payload, parse_charge,
+    sign_authorization, validate_tokens,
+};
 pub use payload::{
     Authorization, PERMIT2_WITNESS_TYPE, Permit2Transfer, VerifiedEvm, VerifiedKind,
     verify_credential,

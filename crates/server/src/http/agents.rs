@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use turnpike_ledger::{AccountKind, TransferError, TransferRequest};
+use turnpike_ledger::{AccountKind, TransferError, TransferId, TransferRequest, TransferResult};
 use turnpike_policy::policy::TokenLimits;
 use turnpike_policy::{AgentTokenClaims, GrantClaims, Money};
 use turnpike_protocol::charge::parse_amount_minor;
@@ -21,6 +21,9 @@ use crate::ids;
 use crate::method_turnpike::{RESERVATION_GRACE_MS, codes, reservation_id};
 use crate::spend::{self, limits_input};
 use crate::state::AppState;
+use crate::wallets::{EvmWallet, evm_wallet};
+
+mod evm;
 
 /// Longest agent token lifetime (one year).
 pub const TOKEN_TTL_S_MAX: i64 = 366 * 86_400;
@@ -335,13 +338,22 @@ struct PayInput {
     approval_id: Option<String>,
 }
 
-/// A `turnpike` challenge this platform issued and can pay.
+/// A challenge this agent can pay: a `turnpike` charge this platform issued, or an `evm` charge
+/// the organisation's wallet can sign.
 struct Payable {
     challenge: Challenge,
+    /// Minor units (for `evm`: token base units).
     amount: u128,
+    /// The ledger currency the agent's policy sees.
     currency: String,
+    /// Who is paid: a tenant id (`turnpike`) or an EIP-55 address (`evm`).
     recipient: String,
+    /// The merchant as the policy's lists and the spend records name it: the tenant id
+    /// (`turnpike`) or the CAIP-10 account `eip155:<chainId>:<recipient>` (`evm`).
+    merchant_id: String,
     expires_at_ms: i64,
+    /// What an `evm` authorization must sign.
+    evm: Option<evm::EvmPayable>,
 }
 
 async fn payable(state: &AppState, challenge: Challenge) -> Result<Payable, String> {
@@ -401,8 +413,10 @@ async fn payable(state: &AppState, challenge: Challenge) -> Result<Payable, Stri
         challenge,
         amount,
         currency,
+        merchant_id: recipient.clone(),
         recipient,
         expires_at_ms,
+        evm: None,
     })
 }
 
@@ -418,10 +432,22 @@ async fn pay(
     }
     let parsed = parse_challenges_from_lines(input.challenges.iter().map(String::as_str))
         .map_err(|err| ApiError::invalid(format!("`challenges`: {err}")))?;
+    let payer = agent.claims.tid.clone();
     let mut reasons = Vec::new();
     let mut chosen = None;
+    // The organisation's evm wallet, read once and only when an evm challenge is offered.
+    let mut wallet: Option<Option<EvmWallet>> = None;
+    // The merchant's order is its preference: the first payable challenge wins.
     for challenge in parsed {
-        match payable(&state, challenge).await {
+        let result = if challenge.method == turnpike_rails::evm::METHOD {
+            if wallet.is_none() {
+                wallet = Some(evm_wallet(&state, &payer).await?);
+            }
+            evm::payable(&state, wallet.as_ref().and_then(Option::as_ref), challenge)
+        } else {
+            payable(&state, challenge).await
+        };
+        match result {
             Ok(p) => {
                 chosen = Some(p);
                 break;
@@ -434,12 +460,20 @@ async fn pay(
             StatusCode::UNPROCESSABLE_ENTITY,
             "no-supported-challenge",
             format!(
-                "no payable turnpike charge challenge: {}",
+                "no payable turnpike or evm charge challenge: {}",
                 reasons.join("; ")
             ),
         ));
     };
-    let payer = agent.claims.tid.clone();
+    if let Some(terms) = payable.evm.clone() {
+        // An evm challenge is payable only with the wallet read above.
+        let Some(Some(wallet)) = &wallet else {
+            return Err(ApiError::internal());
+        };
+        return evm::authorize(&state, &agent, payable, terms, wallet, input.approval_id)
+            .await
+            .map(|(status, body)| (status, axum::Json(body)));
+    }
     if payable.recipient == payer {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -454,6 +488,74 @@ async fn pay(
 
 /// Most evaluations of one payment when the agent's policy changes meanwhile.
 const POLICY_ATTEMPTS_MAX: u32 = 3;
+
+/// Evaluate `p` against the agent's policy and record its spend `spend_id`, in the ledger
+/// transaction that applies `transfers` (built per attempt: the policy may change meanwhile).
+/// Without transfers (a payment from the organisation's own wallet, outside the ledger) the
+/// guard alone runs, in the same posting engine. A held payment answers `202
+/// approval-required`, a refused one its problem; otherwise the transfers' results.
+async fn guard_spend(
+    state: &AppState,
+    agent: &AgentAuth,
+    p: &Payable,
+    spend_id: TransferId,
+    approval_id: Option<&String>,
+    transfers: impl Fn() -> Vec<TransferRequest>,
+) -> ApiResult<Vec<TransferResult>> {
+    let payer = agent.claims.tid.clone();
+    let chain = spend::token_chain(state, &agent.token).await?;
+    // The approval's id if this payment is held, known up front so its audit row names it.
+    let hold_id = ids::new_id("apr");
+    let mut fresh = false;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let policy = spend::agent_policy(state, &payer, &agent.claims.sub, fresh)
+            .await?
+            .ok_or_else(|| ApiError::unauthorized("agent token: the agent no longer exists"))?;
+        let guard = LedgerGuard::Spend(Box::new(SpendGuard {
+            spend_id,
+            audit_id: ids::new_id("aud"),
+            tenant_id: payer.clone(),
+            agent_id: agent.claims.sub.clone(),
+            token_id: agent.token.id.clone(),
+            lineage: agent.token.lineage.clone(),
+            chain: chain.clone(),
+            policy_version: policy.version,
+            policy: policy.compiled,
+            challenge_id: p.challenge.id.clone(),
+            merchant_id: p.merchant_id.clone(),
+            merchant_realm: p.challenge.realm.clone(),
+            method: p.challenge.method.clone(),
+            amount: p.amount,
+            currency: p.currency.clone(),
+            approval_id: approval_id.cloned(),
+            hold_id: hold_id.clone(),
+        }));
+        let requests = transfers();
+        let outcome = if requests.is_empty() {
+            state
+                .engine
+                .guard(guard)
+                .await
+                .map(|decided| decided.map(|()| Vec::new()))
+        } else {
+            state.engine.guarded(guard, requests).await
+        };
+        let outcome = outcome.map_err(|err| {
+            tracing::error!(error = %err, "ledger failed while reserving");
+            ApiError::unavailable("the ledger failed; nothing was reserved")
+        })?;
+        match outcome {
+            Ok(results) => return Ok(results),
+            Err(GuardRefusal::PolicyChanged) if attempt < POLICY_ATTEMPTS_MAX => fresh = true,
+            Err(GuardRefusal::NeedsApproval(detail)) => {
+                return Err(hold_for_approval(state, agent, p, hold_id, detail).await);
+            }
+            Err(refusal) => return Err(denial(state, refusal)),
+        }
+    }
+}
 
 async fn reserve_and_grant(
     state: &AppState,
@@ -474,39 +576,11 @@ async fn reserve_and_grant(
     if let Some(id) = &approval_id {
         check_approval(state, agent, &p, id).await?;
     }
-    let chain = spend::token_chain(state, &agent.token).await?;
-    // The approval's id if this payment is held, known up front so its audit row names it.
-    let hold_id = ids::new_id("apr");
-    let mut fresh = false;
-    let mut attempt = 0;
-    let result = loop {
-        attempt += 1;
-        let policy = spend::agent_policy(state, &payer, &agent.claims.sub, fresh)
-            .await?
-            .ok_or_else(|| ApiError::unauthorized("agent token: the agent no longer exists"))?;
+    let reserve = || {
         let timeout_ms = u64::try_from(grant_expires_ms - state.now_ms())
             .unwrap_or(1)
             .max(1);
-        let guard = SpendGuard {
-            spend_id: reservation,
-            audit_id: ids::new_id("aud"),
-            tenant_id: payer.clone(),
-            agent_id: agent.claims.sub.clone(),
-            token_id: agent.token.id.clone(),
-            lineage: agent.token.lineage.clone(),
-            chain: chain.clone(),
-            policy_version: policy.version,
-            policy: policy.compiled,
-            challenge_id: p.challenge.id.clone(),
-            merchant_id: p.recipient.clone(),
-            merchant_realm: p.challenge.realm.clone(),
-            method: p.challenge.method.clone(),
-            amount: p.amount,
-            currency: p.currency.clone(),
-            approval_id: approval_id.clone(),
-            hold_id: hold_id.clone(),
-        };
-        let reserve = TransferRequest::Transfer {
+        vec![TransferRequest::Transfer {
             id: reservation,
             debit_account_id: balance,
             credit_account_id: revenue,
@@ -515,28 +589,12 @@ async fn reserve_and_grant(
             timeout_ms: Some(timeout_ms),
             code: codes::RESERVE,
             user_data: Some(p.challenge.id.chars().take(200).collect()),
-        };
-        let outcome = state
-            .engine
-            .guarded(LedgerGuard::Spend(Box::new(guard)), vec![reserve])
-            .await
-            .map_err(|err| {
-                tracing::error!(error = %err, "ledger failed while reserving");
-                ApiError::unavailable("the ledger failed; nothing was reserved")
-            })?;
-        match outcome {
-            Ok(mut results) => {
-                break results
-                    .pop()
-                    .unwrap_or(Err(TransferError::LinkedEventFailed));
-            }
-            Err(GuardRefusal::PolicyChanged) if attempt < POLICY_ATTEMPTS_MAX => fresh = true,
-            Err(GuardRefusal::NeedsApproval(detail)) => {
-                return hold_for_approval(state, agent, &p, hold_id, detail).await;
-            }
-            Err(refusal) => return Err(denial(state, refusal)),
-        }
+        }]
     };
+    let result = guard_spend(state, agent, &p, reservation, approval_id.as_ref(), reserve)
+        .await?
+        .pop()
+        .unwrap_or(Err(TransferError::LinkedEventFailed));
     let (reserved, created) = match result {
         Ok(posted) => (posted.transfer, posted.created),
         Err(TransferError::ExceedsCredits) => {
@@ -617,6 +675,7 @@ async fn reserve_and_grant(
             "amount": p.amount.to_string(),
             "currency": p.currency,
             "recipient": p.recipient,
+            "method": c.method,
             "reservationId": reservation.to_string(),
             "expiresAt": rfc3339(reserved.expires_at_ms.unwrap_or(grant_expires_ms)),
         }),
@@ -658,14 +717,14 @@ fn denial(state: &AppState, refusal: GuardRefusal) -> ApiError {
 /// Longest an approval stays open (it also ends with its challenge).
 pub const APPROVAL_TTL_MS: i64 = 15 * 60 * 1000;
 
-/// Record a held payment and answer `202 approval-required`.
+/// Record a held payment; the `202 approval-required` answer (or why it could not be held).
 async fn hold_for_approval(
     state: &AppState,
     agent: &AgentAuth,
     p: &Payable,
     id: String,
     detail: String,
-) -> ApiResult<(StatusCode, Value)> {
+) -> ApiError {
     let now_ms = state.now_ms();
     let row = ApprovalRow {
         id,
@@ -673,7 +732,7 @@ async fn hold_for_approval(
         agent_id: agent.claims.sub.clone(),
         token_id: agent.token.id.clone(),
         challenge_id: p.challenge.id.clone(),
-        merchant_id: p.recipient.clone(),
+        merchant_id: p.merchant_id.clone(),
         merchant_realm: p.challenge.realm.clone(),
         amount: p.amount.to_string(),
         currency: p.currency.clone(),
@@ -684,14 +743,14 @@ async fn hold_for_approval(
         decided_at: None,
         used_at: None,
     };
-    state.store.insert_approval(&row).await?;
+    if let Err(err) = state.store.insert_approval(&row).await {
+        return err.into();
+    }
     // Not a failure, but a problem document all the same (RFC 9457 allows any status): the
     // agent must act on it.
-    Err(
-        ApiError::new(StatusCode::ACCEPTED, "approval-required", detail)
-            .with("approvalId", Value::String(row.id.clone()))
-            .with("expiresAt", Value::String(rfc3339(row.expires_at))),
-    )
+    ApiError::new(StatusCode::ACCEPTED, "approval-required", detail)
+        .with("approvalId", Value::String(row.id.clone()))
+        .with("expiresAt", Value::String(rfc3339(row.expires_at)))
 }
 
 /// An approval the agent names must be this agent's, for this challenge and terms, approved
@@ -711,7 +770,7 @@ async fn check_approval(
     let same = approval.challenge_id == p.challenge.id
         && approval.amount == p.amount.to_string()
         && approval.currency == p.currency
-        && approval.merchant_id == p.recipient;
+        && approval.merchant_id == p.merchant_id;
     if !same {
         return Err(ApiError::new(
             StatusCode::CONFLICT,

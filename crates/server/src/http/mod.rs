@@ -18,6 +18,7 @@ pub mod prices;
 pub mod rails;
 pub mod spend;
 pub mod tenant;
+pub mod wallets;
 
 /// Every route.
 pub fn router() -> Router<AppState> {
@@ -28,6 +29,7 @@ pub fn router() -> Router<AppState> {
         .merge(prices::router())
         .merge(rails::router())
         .merge(deposits::router())
+        .merge(wallets::router())
         .merge(payments::router())
         .merge(agents::router())
         .merge(spend::router())

@@ -103,7 +103,8 @@ pub struct Options {
     /// `--test-clock`: time stands still and moves only by [`Server::set_clock`] /
     /// [`Server::advance_clock`] (needs `admin`).
     pub test_clock: bool,
-    /// Set TURNPIKE_SECRETS_KEY to [`SECRETS_KEY`] (off: the server cannot keep secrets).
+    /// Set TURNPIKE_SECRETS_KEY to [`SECRETS_KEY`] (off: the server cannot keep rail, wallet or
+    /// deposit keys).
     pub secrets_key: bool,
 }
 
