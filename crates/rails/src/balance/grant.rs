@@ -24,7 +24,7 @@ pub const GRANT_LEN_MAX_BYTES: usize = 4096;
 /// How far in the future a grant's `iat` may be, in seconds.
 pub const IAT_SKEW_MAX_S: i64 = 60;
 /// Most keys an issuer configuration holds (current plus those kept after rotations).
-pub const ISSUER_KEYS_MAX: usize = 64;
+pub const ISSUER_KEYS_MAX: usize = 1_024;
 
 /// Claims of a grant (§3.1).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

@@ -119,24 +119,26 @@ pub enum Voided {
 }
 
 /// The host's ledger side of the rail (the server implements it over its posting engine).
-#[async_trait]
+/// Its futures are not boxed: settling a grant is the hot path of `/v1/verify`.
 pub trait BalanceLedger: Send + Sync {
     /// The host's error.
     type Error: Send + Sync;
 
     /// Post the reservation to the recipient, with the platform fee and the host's record of
     /// the payment, all or nothing, claiming the replay token.
-    async fn post(&self, posting: Posting<'_>) -> Result<(), PostError<Self::Error>>;
+    fn post(
+        &self,
+        posting: Posting<'_>,
+    ) -> impl Future<Output = Result<(), PostError<Self::Error>>> + Send;
 
     /// Void (release) the reservation.
-    async fn void(&self, reservation: u128) -> Result<Voided, Self::Error>;
+    fn void(&self, reservation: u128) -> impl Future<Output = Result<Voided, Self::Error>> + Send;
 }
 
 /// The ledger of a configuration that only offers and verifies: it posts nothing.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoLedger;
 
-#[async_trait]
 impl BalanceLedger for NoLedger {
     type Error = Unavailable;
 
@@ -784,7 +786,6 @@ mod tests {
         down: bool,
     }
 
-    #[async_trait]
     impl BalanceLedger for OneReservation {
         type Error = ();
 
