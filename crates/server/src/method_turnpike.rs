@@ -291,7 +291,206 @@ pub fn fee_minor(amount: u128, fee_bps: u32) -> u128 {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use turnpike_ledger::PendingState;
+    use turnpike_rails::Settlement;
+    use turnpike_store::on_both_databases;
+    use turnpike_store::testing::TestDb;
+
     use super::*;
+    use crate::http::admin::{NewTenant, create_tenant};
+    use crate::state::Config;
+
+    const FUNDS: u128 = 1_000;
+
+    async fn start(db: &TestDb) -> AppState {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let config = Config {
+            public_url: "http://turnpike.test".into(),
+            admin_token: None,
+            platform_fee_bps: 250,
+            upstream_timeout: Duration::from_secs(5),
+            test_clock: false,
+            secrets_key: None,
+        };
+        crate::start(db.open().await, config).await.unwrap()
+    }
+
+    async fn tenant(state: &AppState, slug: &str) -> TenantRow {
+        let input = NewTenant {
+            name: slug.into(),
+            slug: slug.into(),
+            realm: None,
+        };
+        create_tenant(state, input).await.unwrap().0
+    }
+
+    /// Fund `payer` and reserve `amount` of it for `merchant`, as `/v1/agent/pay` does.
+    async fn reserve(state: &AppState, payer: &str, merchant: &str, challenge: &str) -> TransferId {
+        let external = state
+            .account(PLATFORM_OWNER, AccountKind::External, "usd")
+            .await
+            .unwrap();
+        let balance = state
+            .account(payer, AccountKind::PayerBalance, "usd")
+            .await
+            .unwrap();
+        let revenue = state
+            .account(merchant, AccountKind::MerchantRevenue, "usd")
+            .await
+            .unwrap();
+        let reservation = reservation_id(payer, challenge);
+        for (id, debit, credit, amount, timeout_ms) in [
+            (
+                TransferId(ids::random_u128()),
+                external,
+                balance,
+                FUNDS,
+                None,
+            ),
+            (reservation, balance, revenue, 400, Some(60_000)),
+        ] {
+            let request = TransferRequest::Transfer {
+                id,
+                debit_account_id: debit,
+                credit_account_id: credit,
+                amount,
+                currency: "usd".into(),
+                timeout_ms,
+                code: codes::RESERVE,
+                user_data: None,
+            };
+            state.engine.transfer(request).await.unwrap().unwrap();
+        }
+        reservation
+    }
+
+    fn grant(reservation: TransferId, payer: &str) -> VerifiedGrant {
+        VerifiedGrant {
+            reservation: reservation.0,
+            grant_id: reservation.to_string(),
+            payer_tenant_id: payer.into(),
+            agent_id: "agt_test".into(),
+            amount_minor: 400,
+            currency: "usd".into(),
+            expires_at_s: i64::MAX,
+        }
+    }
+
+    fn payment(id: &str, merchant: &str, challenge: &str) -> PaymentRow {
+        PaymentRow {
+            id: id.into(),
+            tenant_id: merchant.into(),
+            challenge_id: challenge.into(),
+            proof_key: String::new(),
+            state: "settled".into(),
+            method: "turnpike".into(),
+            amount: "400".into(),
+            currency: "usd".into(),
+            price_id: "pri_test".into(),
+            price_version: 1,
+            payer_tenant_id: None,
+            reference: None,
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    async fn balance(state: &AppState, owner: &str, kind: AccountKind) -> i128 {
+        let id = state.account(owner, kind, "usd").await.unwrap();
+        let account = state.store.account(None, id).await.unwrap().unwrap();
+        i128::try_from(account.credits_posted).unwrap()
+            - i128::try_from(account.debits_posted).unwrap()
+    }
+
+    async fn the_balance_rail_posts_once_and_resolves_by_voiding(db: &TestDb) {
+        let state = start(db).await;
+        let issuer = state.issuer();
+        let shop = tenant(&state, "shop").await;
+        let buyer = tenant(&state, "buyer").await;
+        let rail = BalanceRail::new();
+        let config = |id: &str, challenge: &str| BalanceConfig {
+            issuer: &issuer,
+            recipient: &shop.id,
+            ledger: PaymentLedger::new(&state, payment(id, &shop.id, challenge)),
+        };
+
+        // Posted: the payment is recorded with the grant as its proof, the fee is taken.
+        let posted = grant(
+            reserve(&state, &buyer.id, &shop.id, "chal-1").await,
+            &buyer.id,
+        );
+        let first = config("pay_1", "chal-1");
+        let prepared = rail.prepare(&first, &posted).await.unwrap();
+        let settled = Settlement::Settled {
+            reference: posted.grant_id.clone(),
+        };
+        assert_eq!(rail.submit(&first, &prepared).await, settled);
+        let row = state
+            .store
+            .payment(&shop.id, "pay_1")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(row.proof_key, format!("turnpike:{}", posted.grant_id));
+        assert_eq!(row.payer_tenant_id.as_deref(), Some(buyer.id.as_str()));
+        assert_eq!(row.reference.as_deref(), Some("pay_1"));
+        assert_eq!(
+            balance(&state, &shop.id, AccountKind::MerchantRevenue).await,
+            390
+        );
+        assert_eq!(
+            balance(&state, PLATFORM_OWNER, AccountKind::PlatformFees).await,
+            10
+        );
+        // Resolving it finds it posted; another payment of the same grant is refused.
+        assert_eq!(rail.resolve(&first, &prepared, 0).await, settled);
+        let again = config("pay_2", "chal-other");
+        assert!(matches!(
+            rail.settle(&again, &posted).await,
+            Err(PostError::Taken)
+        ));
+
+        // Never posted: resolving voids the reservation and the payer has its funds back.
+        let reservation = reserve(&state, &buyer.id, &shop.id, "chal-2").await;
+        let unposted = grant(reservation, &buyer.id);
+        let second = config("pay_3", "chal-2");
+        let prepared = rail.prepare(&second, &unposted).await.unwrap();
+        assert!(matches!(
+            rail.resolve(&second, &prepared, 0).await,
+            Settlement::Failed(Rejection {
+                kind: ProblemType::PaymentExpired,
+                ..
+            })
+        ));
+        assert_eq!(
+            state.store.pending_state(reservation).await.unwrap(),
+            Some(PendingState::Voided)
+        );
+        assert_eq!(
+            balance(&state, &buyer.id, AccountKind::PayerBalance).await,
+            i128::try_from(2 * FUNDS - 400).unwrap()
+        );
+        // A voided reservation never posts.
+        assert!(matches!(
+            rail.settle(&second, &unposted).await,
+            Err(PostError::Refused(Rejection {
+                kind: ProblemType::PaymentExpired,
+                ..
+            }))
+        ));
+        assert!(
+            state
+                .store
+                .payment(&shop.id, "pay_3")
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    on_both_databases!(the_balance_rail_posts_once_and_resolves_by_voiding);
 
     #[test]
     fn fees_round_down_and_never_exceed_the_amount() {
