@@ -274,6 +274,14 @@ fn parse_transfer_id(text: &str) -> Option<u128> {
     u128::from_str_radix(text, 16).ok()
 }
 
+/// The grant id, in the platform's proof namespace: one grant pays once.
+fn replay_token(grant_id: &str) -> String {
+    let mut token = String::with_capacity(SOURCE_PREFIX.len() + grant_id.len());
+    token.push_str(SOURCE_PREFIX);
+    token.push_str(grant_id);
+    token
+}
+
 /// A [`Settlement`] for what the ledger said about the posting of `grant_id`.
 fn settlement<E>(grant_id: &str, posted: Result<(), PostError<E>>) -> Settlement {
     match posted {
@@ -333,11 +341,7 @@ impl<'a, L: BalanceLedger> Rail for BalanceRail<'a, L> {
     }
 
     fn replay_token(&self, verified: &VerifiedGrant) -> String {
-        // The grant id, in the platform's proof namespace: one grant pays once.
-        let mut token = String::with_capacity(SOURCE_PREFIX.len() + verified.grant_id.len());
-        token.push_str(SOURCE_PREFIX);
-        token.push_str(&verified.grant_id);
-        token
+        replay_token(&verified.grant_id)
     }
 
     async fn prepare(
@@ -369,7 +373,7 @@ impl<'a, L: BalanceLedger> Rail for BalanceRail<'a, L> {
         let posting = Posting {
             reservation,
             grant_id: &recorded.grant_id,
-            replay_token: format!("{SOURCE_PREFIX}{}", recorded.grant_id),
+            replay_token: replay_token(&recorded.grant_id),
             payer_tenant_id: &recorded.payer_tenant_id,
             recipient: config.recipient,
             amount_minor,
