@@ -278,6 +278,10 @@ impl KeyRing {
     }
 
     /// Verifies a payment grant at `now_s` (unix seconds) and returns its claims.
+    ///
+    /// `/v1/verify` checks grants with the `turnpike` rail instead (`turnpike-rails`, from the
+    /// public keys of [`KeyRing::jwks`] alone, with the same checks in the same order); this is
+    /// the signer's own check, and the reference the rail's behaviour is held to.
     pub fn verify_grant(&self, token: &str, now_s: i64) -> Result<GrantClaims, TokenError> {
         self.verify(token, GRANT_TYP, now_s, Crypto::Dalek)
     }

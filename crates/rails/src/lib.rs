@@ -9,10 +9,12 @@
 //! whose outcome is unknown is [`Settlement::Pending`]; [`Rail::resolve`] finishes it from the
 //! recorded [`Prepared`] alone, after a restart too.
 
+pub mod balance;
 pub mod evm;
 pub mod rpc;
 pub mod tempo;
 
+pub use balance::BalanceRail;
 pub use evm::EvmRail;
 
 use async_trait::async_trait;

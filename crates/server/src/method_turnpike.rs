@@ -1,18 +1,22 @@
-//! The `turnpike` payment method (docs/methods/turnpike.md): an organisation's balance on the
-//! platform pays a merchant on the platform. The payer's amount is reserved as a pending ledger
-//! transfer when the agent asks for a credential; the credential carries a grant (Ed25519 JWS)
-//! bound to the challenge; verify checks the grant offline and posts the reservation, with the
-//! platform fee as a linked transfer.
+//! The `turnpike` payment method (docs/methods/turnpike.md), the platform's side: an
+//! organisation's balance on the platform pays a merchant on the platform. The payer's amount is
+//! reserved as a pending ledger transfer when the agent asks for a credential; the credential
+//! carries a grant (Ed25519 JWS) bound to the challenge. The method itself (its request, the
+//! offline check of the grant) is [`turnpike_rails::BalanceRail`]; here is the ledger it posts
+//! through ([`PaymentLedger`]: the reservation, with the platform fee as a linked transfer and
+//! the payment row in the same transaction) and the ids and codes of the method's transfers.
 
-use std::str::FromStr;
+use std::sync::{Arc, Mutex, PoisonError};
 
-use serde_json::{Map, Value};
 use turnpike_ledger::{AccountKind, TransferError, TransferId, TransferRequest};
-use turnpike_policy::{GrantClaims, TokenError};
-use turnpike_protocol::{Credential, ProblemType};
+use turnpike_protocol::{ChallengeEcho, Credential, ProblemType};
+use turnpike_rails::balance::{
+    BalanceConfig, BalanceLedger, BalanceRail, Issuer, NoLedger, PostError, Posting, VerifiedGrant,
+    Voided, is_unknown_key,
+};
+use turnpike_rails::{ChallengeFacts, PriceTerms, Rail as _, Rejection};
 use turnpike_store::{GuardRefusal, LedgerGuard, PaymentRow, TenantRow};
 
-use crate::catalog::PriceDefinition;
 use crate::error::ApiError;
 use crate::ids;
 use crate::state::{AppState, PLATFORM_OWNER};
@@ -34,119 +38,6 @@ pub mod codes {
 /// How long a reservation outlives its challenge: time for the merchant to verify.
 pub const RESERVATION_GRACE_MS: i64 = 60_000;
 
-/// The challenge `request` of a `turnpike` charge.
-pub fn challenge_request(
-    state: &AppState,
-    tenant: &TenantRow,
-    def: &PriceDefinition,
-) -> Map<String, Value> {
-    let mut details = Map::new();
-    details.insert(
-        "issuer".into(),
-        Value::String(state.config.public_url.clone()),
-    );
-    let mut request = Map::new();
-    request.insert("amount".into(), Value::String(def.amount.clone()));
-    request.insert("currency".into(), Value::String(def.currency.clone()));
-    request.insert("recipient".into(), Value::String(tenant.id.clone()));
-    request.insert("methodDetails".into(), Value::Object(details));
-    request
-}
-
-/// A grant that passed the offline checks.
-#[derive(Debug, Clone)]
-pub struct VerifiedGrant {
-    /// The reservation (pending transfer) it spends.
-    pub reservation: TransferId,
-    /// Its id as text (the proof that is single-use).
-    pub grant_id: String,
-    /// The payer.
-    pub payer_tenant_id: String,
-    /// The paying agent.
-    pub agent_id: String,
-    /// Amount in minor units.
-    pub amount_minor: u128,
-}
-
-/// Check a `turnpike` credential's grant offline against the price it pays.
-pub async fn verify_offline(
-    state: &AppState,
-    tenant: &TenantRow,
-    credential: &Credential,
-    def: &PriceDefinition,
-) -> Result<Result<VerifiedGrant, (ProblemType, String)>, ApiError> {
-    let Some(grant) = credential.payload.get("grant").and_then(Value::as_str) else {
-        return Ok(Err((
-            ProblemType::VerificationFailed,
-            "payload has no `grant`".into(),
-        )));
-    };
-    let now_s = state.now_ms().div_euclid(1000);
-    let mut result = state.keys().verify_grant(grant, now_s);
-    if result == Err(TokenError::UnknownKey) {
-        result = state.reload_keys().await?.verify_grant(grant, now_s);
-    }
-    let claims: GrantClaims = match result {
-        Ok(claims) => claims,
-        Err(TokenError::Expired) => {
-            return Ok(Err((
-                ProblemType::PaymentExpired,
-                "the grant has expired".into(),
-            )));
-        }
-        Err(err) => {
-            return Ok(Err((
-                ProblemType::VerificationFailed,
-                format!("grant: {err}"),
-            )));
-        }
-    };
-    let mismatch = if claims.chal != credential.challenge.id {
-        Some("the grant pays another challenge")
-    } else if claims.amt != def.amount || claims.cur != def.currency {
-        Some("the grant's amount or currency differs from the request")
-    } else if claims.rcp != tenant.id {
-        Some("the grant pays another recipient")
-    } else if claims.iss != state.config.public_url {
-        Some("the grant was issued by another platform")
-    } else if credential
-        .source
-        .as_ref()
-        .is_some_and(|s| s.as_str() != Some(format!("turnpike:{}", claims.pyr).as_str()))
-    {
-        Some("the credential's source is not the grant's payer")
-    } else {
-        None
-    };
-    if let Some(detail) = mismatch {
-        return Ok(Err((ProblemType::VerificationFailed, detail.into())));
-    }
-    let Ok(reservation) = TransferId::from_str(&claims.jti) else {
-        return Ok(Err((
-            ProblemType::VerificationFailed,
-            "the grant names no reservation".into(),
-        )));
-    };
-    Ok(Ok(VerifiedGrant {
-        reservation,
-        grant_id: claims.jti.clone(),
-        payer_tenant_id: claims.pyr,
-        agent_id: claims.agt,
-        amount_minor: def.amount_minor(),
-    }))
-}
-
-/// Why a settlement failed.
-#[derive(Debug)]
-pub enum SettleError {
-    /// The reservation cannot be posted (expired, voided, not found): 402 with this problem.
-    Refused(ProblemType, String),
-    /// Another payment already used this challenge or proof; nothing was posted.
-    Taken,
-    /// The ledger failed; nothing was posted.
-    Api(ApiError),
-}
-
 // The ids of this method's transfers are derived, so retries are idempotent and a payment's
 // transfers can be found again from the payment alone.
 
@@ -164,6 +55,11 @@ pub fn post_id(reservation: TransferId) -> TransferId {
     TransferId(ids::derived_u128(&["post", &reservation.to_string()]))
 }
 
+/// The transfer that voids a reservation.
+pub fn void_id(reservation: TransferId) -> TransferId {
+    TransferId(ids::derived_u128(&["void", &reservation.to_string()]))
+}
+
 /// The platform fee taken when a grant is settled.
 pub fn fee_id(grant_id: &str) -> TransferId {
     TransferId(ids::derived_u128(&["fee", grant_id]))
@@ -179,87 +75,213 @@ pub fn fee_refund_id(payment_id: &str) -> TransferId {
     TransferId(ids::derived_u128(&["fee-refund", payment_id]))
 }
 
-/// Post the reservation to the merchant's revenue and move the platform fee, all or nothing.
-///
-/// `payment` (state `settled`) is written in the same ledger transaction as the posting, under
-/// the store's single-use constraints: when its challenge or proof was already used, nothing is
-/// posted and the result is [`SettleError::Taken`].
-pub async fn settle(
+/// A merchant's `turnpike` rail for offering and verifying (it posts nothing).
+pub fn offline_config<'a>(
+    issuer: &'a Issuer,
+    tenant: &'a TenantRow,
+) -> BalanceConfig<'a, NoLedger> {
+    BalanceConfig {
+        issuer,
+        recipient: &tenant.id,
+        ledger: NoLedger,
+    }
+}
+
+/// Check a `turnpike` credential offline against its challenge and price (the rail's
+/// [`Rail::verify`]). A grant signed under a key this replica has not loaded (rotated in on
+/// another replica) is checked again after reloading the keys; the issuer it was checked
+/// against comes back with it.
+pub async fn verify(
     state: &AppState,
+    mut issuer: Arc<Issuer>,
     tenant: &TenantRow,
-    payment: PaymentRow,
-    grant: &VerifiedGrant,
-    def: &PriceDefinition,
-) -> Result<(), SettleError> {
-    let payment_id = payment.id.clone();
-    let fee = fee_minor(grant.amount_minor, state.config.platform_fee_bps);
-    let mut transfers = vec![TransferRequest::Post {
-        id: post_id(grant.reservation),
-        pending_id: grant.reservation,
-        amount: None,
-    }];
-    if fee > 0 {
-        let revenue = state
-            .account(&tenant.id, AccountKind::MerchantRevenue, &def.currency)
-            .await
-            .map_err(SettleError::Api)?;
-        let fees = state
-            .account(PLATFORM_OWNER, AccountKind::PlatformFees, &def.currency)
-            .await
-            .map_err(SettleError::Api)?;
-        transfers.push(TransferRequest::Transfer {
-            id: fee_id(&grant.grant_id),
-            debit_account_id: revenue,
-            credit_account_id: fees,
-            amount: fee,
-            currency: def.currency.clone(),
-            timeout_ms: None,
-            code: codes::FEE,
-            user_data: Some(payment_id),
-        });
+    challenge: &ChallengeEcho,
+    price: &PriceTerms<'_>,
+    credential: &Credential,
+) -> Result<Result<(VerifiedGrant, Arc<Issuer>), Rejection>, ApiError> {
+    let facts = ChallengeFacts {
+        id: &challenge.id,
+        realm: &challenge.realm,
+        expires_at_s: challenge
+            .expires_at()
+            .ok()
+            .flatten()
+            .map_or(0, |t| t.timestamp()),
+    };
+    let now_s = state.now_ms().div_euclid(1000);
+    let rail = BalanceRail::new();
+    let mut result = rail.verify(
+        &offline_config(&issuer, tenant),
+        facts,
+        price,
+        credential,
+        now_s,
+    );
+    if result.as_ref().is_err_and(is_unknown_key) {
+        issuer = state.reload_issuer().await?;
+        result = rail.verify(
+            &offline_config(&issuer, tenant),
+            facts,
+            price,
+            credential,
+            now_s,
+        );
     }
-    let results = state
-        .engine
-        .guarded(LedgerGuard::Payment(Box::new(payment)), transfers)
-        .await
-        .map_err(|err| {
-            tracing::error!(error = %err, "ledger failed while settling");
-            SettleError::Api(ApiError::unavailable(
-                "the ledger failed; nothing was charged",
-            ))
-        })?
-        .map_err(|refusal| match refusal {
-            GuardRefusal::PaymentTaken => SettleError::Taken,
-            other => {
-                tracing::error!(refusal = ?other, "a payment guard refused for another reason");
-                SettleError::Api(ApiError::internal())
-            }
-        })?;
-    if let Some(Err(err)) = results.into_iter().find(|r| r.is_err()) {
-        let (kind, detail) = match err {
-            TransferError::PendingExpired | TransferError::PendingAlreadyVoided => (
-                ProblemType::PaymentExpired,
-                "the payer's reservation has expired; pay again",
-            ),
-            TransferError::PendingTransferNotFound | TransferError::PendingTransferNotPending => (
-                ProblemType::VerificationFailed,
-                "the grant's reservation does not exist",
-            ),
-            TransferError::PendingAlreadyPosted => (
-                ProblemType::VerificationFailed,
-                "the grant's reservation was already spent",
-            ),
-            other => {
-                tracing::error!(error = %other, "settlement refused by the ledger");
-                (
-                    ProblemType::VerificationFailed,
-                    "the payment could not be settled",
-                )
-            }
+    Ok(result.map(|grant| (grant, issuer)))
+}
+
+/// The ledger one verification settles through: it posts the payer's reservation to the
+/// merchant's revenue and moves the platform fee, all or nothing, with the payment row in the
+/// same ledger transaction (state `settled`, under the store's single-use constraints: when its
+/// challenge or proof was already used, nothing is posted and the result is
+/// [`PostError::Taken`]). It posts its one payment once.
+#[derive(Debug)]
+pub struct PaymentLedger<'a> {
+    state: &'a AppState,
+    /// The payment row, taken by the posting.
+    payment: Mutex<Option<PaymentRow>>,
+}
+
+impl<'a> PaymentLedger<'a> {
+    /// The ledger that posts `payment` (its proof key, payer and reference are the posting's).
+    pub fn new(state: &'a AppState, payment: PaymentRow) -> Self {
+        Self {
+            state,
+            payment: Mutex::new(Some(payment)),
+        }
+    }
+}
+
+impl BalanceLedger for PaymentLedger<'_> {
+    type Error = ApiError;
+
+    async fn post(&self, posting: Posting<'_>) -> Result<(), PostError<ApiError>> {
+        let taken = self
+            .payment
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let Some(payment) = taken else {
+            tracing::error!("a payment ledger was asked to post twice");
+            return Err(PostError::Ledger(ApiError::internal()));
         };
-        return Err(SettleError::Refused(kind, detail.to_owned()));
+        let state = self.state;
+        let payment_id = payment.id.clone();
+        let payment = PaymentRow {
+            proof_key: posting.replay_token,
+            payer_tenant_id: Some(posting.payer_tenant_id.to_owned()),
+            // The balance method settles in the ledger: the payment id is its own reference.
+            reference: Some(payment.id.clone()),
+            ..payment
+        };
+        let reservation = TransferId(posting.reservation);
+        let fee = fee_minor(posting.amount_minor, state.config.platform_fee_bps);
+        let mut transfers = vec![TransferRequest::Post {
+            id: post_id(reservation),
+            pending_id: reservation,
+            amount: None,
+        }];
+        if fee > 0 {
+            let revenue = state
+                .account(
+                    posting.recipient,
+                    AccountKind::MerchantRevenue,
+                    posting.currency,
+                )
+                .await
+                .map_err(PostError::Ledger)?;
+            let fees = state
+                .account(PLATFORM_OWNER, AccountKind::PlatformFees, posting.currency)
+                .await
+                .map_err(PostError::Ledger)?;
+            transfers.push(TransferRequest::Transfer {
+                id: fee_id(posting.grant_id),
+                debit_account_id: revenue,
+                credit_account_id: fees,
+                amount: fee,
+                currency: posting.currency.to_owned(),
+                timeout_ms: None,
+                code: codes::FEE,
+                user_data: Some(payment_id),
+            });
+        }
+        let results = state
+            .engine
+            .guarded(LedgerGuard::Payment(Box::new(payment)), transfers)
+            .await
+            .map_err(|err| {
+                tracing::error!(error = %err, "ledger failed while settling");
+                PostError::Ledger(ApiError::unavailable(
+                    "the ledger failed; nothing was charged",
+                ))
+            })?
+            .map_err(|refusal| match refusal {
+                GuardRefusal::PaymentTaken => PostError::Taken,
+                other => {
+                    tracing::error!(refusal = ?other, "a payment guard refused for another reason");
+                    PostError::Ledger(ApiError::internal())
+                }
+            })?;
+        if let Some(Err(err)) = results.into_iter().find(|r| r.is_err()) {
+            let (kind, detail) = match err {
+                TransferError::PendingExpired | TransferError::PendingAlreadyVoided => (
+                    ProblemType::PaymentExpired,
+                    "the payer's reservation has expired; pay again",
+                ),
+                TransferError::PendingTransferNotFound
+                | TransferError::PendingTransferNotPending => (
+                    ProblemType::VerificationFailed,
+                    "the grant's reservation does not exist",
+                ),
+                TransferError::PendingAlreadyPosted => (
+                    ProblemType::VerificationFailed,
+                    "the grant's reservation was already spent",
+                ),
+                other => {
+                    tracing::error!(error = %other, "settlement refused by the ledger");
+                    (
+                        ProblemType::VerificationFailed,
+                        "the payment could not be settled",
+                    )
+                }
+            };
+            return Err(PostError::Refused(Rejection {
+                kind,
+                detail: detail.to_owned(),
+            }));
+        }
+        Ok(())
     }
-    Ok(())
+
+    async fn void(&self, reservation: u128) -> Result<Voided, ApiError> {
+        let reservation = TransferId(reservation);
+        let result = self
+            .state
+            .engine
+            .transfer(TransferRequest::Void {
+                id: void_id(reservation),
+                pending_id: reservation,
+            })
+            .await
+            .map_err(|err| {
+                tracing::error!(error = %err, "ledger failed while voiding a reservation");
+                ApiError::unavailable("the ledger failed")
+            })?;
+        match result {
+            Ok(_) => Ok(Voided::Released),
+            Err(TransferError::PendingAlreadyPosted) => Ok(Voided::AlreadyPosted),
+            Err(TransferError::PendingAlreadyVoided | TransferError::PendingExpired) => {
+                Ok(Voided::AlreadyReleased)
+            }
+            Err(
+                TransferError::PendingTransferNotFound | TransferError::PendingTransferNotPending,
+            ) => Ok(Voided::NotFound),
+            Err(other) => {
+                tracing::error!(error = %other, "voiding a reservation refused by the ledger");
+                Err(ApiError::internal())
+            }
+        }
+    }
 }
 
 /// The platform fee on `amount` (rounded down).
@@ -269,7 +291,206 @@ pub fn fee_minor(amount: u128, fee_bps: u32) -> u128 {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use turnpike_ledger::PendingState;
+    use turnpike_rails::Settlement;
+    use turnpike_store::on_both_databases;
+    use turnpike_store::testing::TestDb;
+
     use super::*;
+    use crate::http::admin::{NewTenant, create_tenant};
+    use crate::state::Config;
+
+    const FUNDS: u128 = 1_000;
+
+    async fn start(db: &TestDb) -> AppState {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let config = Config {
+            public_url: "http://turnpike.test".into(),
+            admin_token: None,
+            platform_fee_bps: 250,
+            upstream_timeout: Duration::from_secs(5),
+            test_clock: false,
+            secrets_key: None,
+        };
+        crate::start(db.open().await, config).await.unwrap()
+    }
+
+    async fn tenant(state: &AppState, slug: &str) -> TenantRow {
+        let input = NewTenant {
+            name: slug.into(),
+            slug: slug.into(),
+            realm: None,
+        };
+        create_tenant(state, input).await.unwrap().0
+    }
+
+    /// Fund `payer` and reserve `amount` of it for `merchant`, as `/v1/agent/pay` does.
+    async fn reserve(state: &AppState, payer: &str, merchant: &str, challenge: &str) -> TransferId {
+        let external = state
+            .account(PLATFORM_OWNER, AccountKind::External, "usd")
+            .await
+            .unwrap();
+        let balance = state
+            .account(payer, AccountKind::PayerBalance, "usd")
+            .await
+            .unwrap();
+        let revenue = state
+            .account(merchant, AccountKind::MerchantRevenue, "usd")
+            .await
+            .unwrap();
+        let reservation = reservation_id(payer, challenge);
+        for (id, debit, credit, amount, timeout_ms) in [
+            (
+                TransferId(ids::random_u128()),
+                external,
+                balance,
+                FUNDS,
+                None,
+            ),
+            (reservation, balance, revenue, 400, Some(60_000)),
+        ] {
+            let request = TransferRequest::Transfer {
+                id,
+                debit_account_id: debit,
+                credit_account_id: credit,
+                amount,
+                currency: "usd".into(),
+                timeout_ms,
+                code: codes::RESERVE,
+                user_data: None,
+            };
+            state.engine.transfer(request).await.unwrap().unwrap();
+        }
+        reservation
+    }
+
+    fn grant(reservation: TransferId, payer: &str) -> VerifiedGrant {
+        VerifiedGrant {
+            reservation: reservation.0,
+            grant_id: reservation.to_string(),
+            payer_tenant_id: payer.into(),
+            agent_id: "agt_test".into(),
+            amount_minor: 400,
+            currency: "usd".into(),
+            expires_at_s: i64::MAX,
+        }
+    }
+
+    fn payment(id: &str, merchant: &str, challenge: &str) -> PaymentRow {
+        PaymentRow {
+            id: id.into(),
+            tenant_id: merchant.into(),
+            challenge_id: challenge.into(),
+            proof_key: String::new(),
+            state: "settled".into(),
+            method: "turnpike".into(),
+            amount: "400".into(),
+            currency: "usd".into(),
+            price_id: "pri_test".into(),
+            price_version: 1,
+            payer_tenant_id: None,
+            reference: None,
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    async fn balance(state: &AppState, owner: &str, kind: AccountKind) -> i128 {
+        let id = state.account(owner, kind, "usd").await.unwrap();
+        let account = state.store.account(None, id).await.unwrap().unwrap();
+        i128::try_from(account.credits_posted).unwrap()
+            - i128::try_from(account.debits_posted).unwrap()
+    }
+
+    async fn the_balance_rail_posts_once_and_resolves_by_voiding(db: &TestDb) {
+        let state = start(db).await;
+        let issuer = state.issuer();
+        let shop = tenant(&state, "shop").await;
+        let buyer = tenant(&state, "buyer").await;
+        let rail = BalanceRail::new();
+        let config = |id: &str, challenge: &str| BalanceConfig {
+            issuer: &issuer,
+            recipient: &shop.id,
+            ledger: PaymentLedger::new(&state, payment(id, &shop.id, challenge)),
+        };
+
+        // Posted: the payment is recorded with the grant as its proof, the fee is taken.
+        let posted = grant(
+            reserve(&state, &buyer.id, &shop.id, "chal-1").await,
+            &buyer.id,
+        );
+        let first = config("pay_1", "chal-1");
+        let prepared = rail.prepare(&first, &posted).await.unwrap();
+        let settled = Settlement::Settled {
+            reference: posted.grant_id.clone(),
+        };
+        assert_eq!(rail.submit(&first, &prepared).await, settled);
+        let row = state
+            .store
+            .payment(&shop.id, "pay_1")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(row.proof_key, format!("turnpike:{}", posted.grant_id));
+        assert_eq!(row.payer_tenant_id.as_deref(), Some(buyer.id.as_str()));
+        assert_eq!(row.reference.as_deref(), Some("pay_1"));
+        assert_eq!(
+            balance(&state, &shop.id, AccountKind::MerchantRevenue).await,
+            390
+        );
+        assert_eq!(
+            balance(&state, PLATFORM_OWNER, AccountKind::PlatformFees).await,
+            10
+        );
+        // Resolving it finds it posted; another payment of the same grant is refused.
+        assert_eq!(rail.resolve(&first, &prepared, 0).await, settled);
+        let again = config("pay_2", "chal-other");
+        assert!(matches!(
+            rail.settle(&again, &posted).await,
+            Err(PostError::Taken)
+        ));
+
+        // Never posted: resolving voids the reservation and the payer has its funds back.
+        let reservation = reserve(&state, &buyer.id, &shop.id, "chal-2").await;
+        let unposted = grant(reservation, &buyer.id);
+        let second = config("pay_3", "chal-2");
+        let prepared = rail.prepare(&second, &unposted).await.unwrap();
+        assert!(matches!(
+            rail.resolve(&second, &prepared, 0).await,
+            Settlement::Failed(Rejection {
+                kind: ProblemType::PaymentExpired,
+                ..
+            })
+        ));
+        assert_eq!(
+            state.store.pending_state(reservation).await.unwrap(),
+            Some(PendingState::Voided)
+        );
+        assert_eq!(
+            balance(&state, &buyer.id, AccountKind::PayerBalance).await,
+            i128::try_from(2 * FUNDS - 400).unwrap()
+        );
+        // A voided reservation never posts.
+        assert!(matches!(
+            rail.settle(&second, &unposted).await,
+            Err(PostError::Refused(Rejection {
+                kind: ProblemType::PaymentExpired,
+                ..
+            }))
+        ));
+        assert!(
+            state
+                .store
+                .payment(&shop.id, "pay_3")
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    on_both_databases!(the_balance_rail_posts_once_and_resolves_by_voiding);
 
     #[test]
     fn fees_round_down_and_never_exceed_the_amount() {

@@ -21,6 +21,7 @@ use crate::ids;
 use crate::method_turnpike;
 use crate::state::AppState;
 use turnpike_rails::Rail as _;
+use turnpike_rails::balance::{BalanceConfig, BalanceRail, Issuer, PostError, VerifiedGrant};
 
 /// Binding secrets read per tenant (the current one and those still verifying).
 const BINDING_SECRETS_READ_MAX: i64 = 8;
@@ -287,6 +288,8 @@ fn issue_challenges(
 pub struct MethodContext {
     /// The tenant's `evm` configuration, when the price accepts `evm`.
     pub evm: Option<Arc<turnpike_rails::evm::EvmConfig>>,
+    /// The platform as the issuer of grants, when the price accepts `turnpike`.
+    pub turnpike: Option<Arc<Issuer>>,
 }
 
 /// Load what the price's methods need.
@@ -298,6 +301,9 @@ pub async fn method_context(
     let mut context = MethodContext::default();
     if def.methods.iter().any(|m| m == "evm") {
         context.evm = crate::rails::evm_config(state, &tenant.id).await?;
+    }
+    if def.methods.iter().any(|m| m == "turnpike") {
+        context.turnpike = Some(state.issuer());
     }
     Ok(context)
 }
@@ -312,7 +318,12 @@ fn method_request(
     context: &MethodContext,
 ) -> Option<Map<String, Value>> {
     match method {
-        "turnpike" => Some(method_turnpike::challenge_request(state, tenant, def)),
+        "turnpike" => {
+            let config = method_turnpike::offline_config(context.turnpike.as_ref()?, tenant);
+            BalanceRail::new()
+                .challenge_request(&config, &crate::rails::price_terms(def))
+                .ok()
+        }
         "evm" => {
             let config = context.evm.as_ref()?;
             match state
@@ -557,8 +568,8 @@ struct Checked {
 
 /// What a method's offline checks established.
 enum Verified {
-    /// `turnpike`: a grant over a reservation.
-    Turnpike(method_turnpike::VerifiedGrant),
+    /// `turnpike`: a grant over a reservation, with the issuer it was checked against.
+    Turnpike(VerifiedGrant, Arc<Issuer>),
     /// `evm`: a credential to settle on the chain, with the configuration it was checked under.
     Evm(
         Box<turnpike_rails::evm::VerifiedEvm>,
@@ -661,9 +672,19 @@ async fn check_credential(
         )));
     }
     let verified = match echo.method.as_str() {
-        "turnpike" => method_turnpike::verify_offline(state, tenant, credential, &price.definition)
-            .await?
-            .map(Verified::Turnpike),
+        "turnpike" => {
+            let Some(issuer) = context.turnpike.clone() else {
+                return Ok(Err(retry(
+                    ProblemType::VerificationFailed,
+                    "unsupported method",
+                )));
+            };
+            let terms = crate::rails::price_terms(&price.definition);
+            method_turnpike::verify(state, issuer, tenant, echo, &terms, credential)
+                .await?
+                .map(|(grant, issuer)| Verified::Turnpike(grant, issuer))
+                .map_err(|r| (r.kind, r.detail))
+        }
         "evm" => {
             let Some(config) = context.evm.clone() else {
                 return Ok(Err(retry(
@@ -781,8 +802,8 @@ async fn settle(
         created_at: now_ms,
         updated_at: now_ms,
     };
-    let grant = match checked.verified {
-        Verified::Turnpike(grant) => grant,
+    let (grant, issuer) = match checked.verified {
+        Verified::Turnpike(grant, issuer) => (grant, issuer),
         Verified::Evm(verified, config) => {
             return settle_evm(
                 state, secrets, tenant, facts, digest, row, &verified, &config,
@@ -790,22 +811,21 @@ async fn settle(
             .await;
         }
     };
-    let row = PaymentRow {
-        proof_key: format!("turnpike:{}", grant.grant_id),
-        payer_tenant_id: Some(grant.payer_tenant_id.clone()),
-        // The balance method settles in the ledger: the payment id is its own reference.
-        reference: Some(payment_id.clone()),
-        ..row
-    };
     // The payment row and the posting commit together (one ledger transaction): a challenge or
     // proof used before is refused there, on every replica.
-    match method_turnpike::settle(state, tenant, row, &grant, &checked.price.definition).await {
+    let config = BalanceConfig {
+        issuer: &issuer,
+        recipient: &tenant.id,
+        ledger: method_turnpike::PaymentLedger::new(state, row),
+    };
+    match BalanceRail::new().settle(&config, &grant).await {
         Ok(()) => {}
-        Err(method_turnpike::SettleError::Taken) => return Ok(already_used()),
-        Err(method_turnpike::SettleError::Refused(kind, detail)) => {
-            return challenge_for(state, secrets, tenant, facts, digest, retry(kind, detail)).await;
+        Err(PostError::Taken) => return Ok(already_used()),
+        Err(PostError::Refused(rejection)) => {
+            let refusal = retry(rejection.kind, rejection.detail);
+            return challenge_for(state, secrets, tenant, facts, digest, refusal).await;
         }
-        Err(method_turnpike::SettleError::Api(err)) => return Err(err),
+        Err(PostError::Ledger(err)) => return Err(err),
     }
     let timestamp = chrono::DateTime::from_timestamp_millis(state.now_ms()).unwrap_or_default();
     let receipt = Receipt::success("turnpike", timestamp, &payment_id)

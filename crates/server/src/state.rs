@@ -9,6 +9,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use turnpike_ledger::{AccountFlags, AccountId, AccountKind, NewAccount};
 use turnpike_policy::{KeyRing, SigningKey};
+use turnpike_rails::balance::{Issuer, IssuerError};
 use turnpike_store::{Store, StoreEngine, TenantRow};
 
 use crate::cache::TtlCache;
@@ -82,6 +83,8 @@ pub struct Inner {
     /// The deposit watcher's last readings.
     pub deposits: crate::deposits::DepositReadings,
     keys: RwLock<KeyRing>,
+    /// The public side of `keys`, as the `turnpike` rail verifies grants with it.
+    issuer: RwLock<Arc<Issuer>>,
     accounts_known: Mutex<HashSet<u128>>,
 }
 
@@ -156,6 +159,7 @@ impl AppState {
         test_clock: Option<Arc<turnpike_ledger::ManualClock>>,
     ) -> anyhow::Result<Self> {
         let keys = load_keys(&store, engine.now_ms()).await?;
+        let issuer = issuer_of(&config, &keys).map_err(|err| anyhow::anyhow!("{err}"))?;
         let http = reqwest::Client::builder()
             .timeout(config.upstream_timeout)
             .redirect(reqwest::redirect::Policy::none())
@@ -171,6 +175,7 @@ impl AppState {
             gas: crate::rails::GasReadings::default(),
             deposits: crate::deposits::DepositReadings::default(),
             keys: RwLock::new(keys),
+            issuer: RwLock::new(issuer),
             accounts_known: Mutex::new(HashSet::new()),
         })))
     }
@@ -191,11 +196,33 @@ impl AppState {
                 tracing::error!(error = %err, "loading signing keys failed");
                 ApiError::unavailable("signing keys unavailable")
             })?;
+        let issuer = issuer_of(&self.config, &keys).map_err(|err| {
+            tracing::error!(error = %err, "the signing keys do not make an issuer");
+            ApiError::internal()
+        })?;
         match self.keys.write() {
             Ok(mut slot) => *slot = keys.clone(),
             Err(poisoned) => *poisoned.into_inner() = keys.clone(),
         }
+        match self.issuer.write() {
+            Ok(mut slot) => *slot = issuer,
+            Err(poisoned) => *poisoned.into_inner() = issuer,
+        }
         Ok(keys)
+    }
+
+    /// This platform as the issuer of `turnpike` grants: its public URL and public keys.
+    pub fn issuer(&self) -> Arc<Issuer> {
+        match self.issuer.read() {
+            Ok(issuer) => issuer.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Reload the signing keys and return the issuer they make.
+    pub async fn reload_issuer(&self) -> Result<Arc<Issuer>, ApiError> {
+        self.reload_keys().await?;
+        Ok(self.issuer())
     }
 
     /// A tenant by id, through the cache.
@@ -273,6 +300,11 @@ impl AppState {
             }
         }
     }
+}
+
+/// The grant issuer of a key ring: its public keys as published in the JWKS.
+fn issuer_of(config: &Config, keys: &KeyRing) -> Result<Arc<Issuer>, IssuerError> {
+    Issuer::from_jwks(config.public_url.clone(), &keys.jwks()).map(Arc::new)
 }
 
 async fn load_keys(store: &Store, now_ms: i64) -> anyhow::Result<KeyRing> {
