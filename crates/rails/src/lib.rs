@@ -14,6 +14,7 @@ pub mod rpc;
 pub mod tempo;
 
 pub use evm::EvmRail;
+pub use tempo::TempoRail;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};

@@ -1,0 +1,172 @@
+//! A tenant's `tempo` rail configuration (`PUT /v1/rails/tempo`): the Tempo chain, where payments
+//! go, which TIP-20 tokens stand for which ledger currency, the submission modes offered, and an
+//! optional fee-payer key that sponsors the payers' fees (`feePayer: true`). The fee-payer key is
+//! a secret: it is set here but never read back.
+
+use alloy::primitives::Address;
+use alloy::signers::local::PrivateKeySigner;
+use serde::{Deserialize, Serialize};
+
+use super::SubmissionMode;
+use crate::evm::ConfigError;
+use crate::evm::config::{checksummed, checksummed_opt, url_scheme, valid_currency};
+
+/// Most tokens one configuration may list.
+pub const TOKENS_MAX: usize = 16;
+/// Most confirmations a tenant may ask for before a payment counts.
+pub const CONFIRMATIONS_MAX: u32 = 64;
+
+/// One TIP-20 token accepted on the chain (TIP-20 tokens have 6 decimals).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TempoToken {
+    /// The ledger currency it settles (one minor unit per token base unit).
+    pub currency: String,
+    /// The TIP-20 address (challenge `currency`).
+    #[serde(serialize_with = "checksummed")]
+    pub address: Address,
+}
+
+/// The public part of the configuration, as stored and as returned by the API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TempoSettings {
+    /// The Tempo chain id (challenge `methodDetails.chainId`): 4217 mainnet, 42431 Moderato.
+    pub chain_id: u64,
+    /// JSON-RPC endpoint (http or https).
+    pub rpc_url: String,
+    /// Where payments go (challenge `recipient`).
+    #[serde(serialize_with = "checksummed")]
+    pub recipient: Address,
+    /// Blocks that must include and follow a payment's transaction, at least 1.
+    #[serde(default = "one")]
+    pub confirmations: u32,
+    /// Accepted tokens.
+    pub tokens: Vec<TempoToken>,
+    /// Submission modes offered (`methodDetails.supportedModes`); default both (`pull` only
+    /// with a fee payer: a sponsored request refuses `hash` credentials).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supported_modes: Option<Vec<SubmissionMode>>,
+    /// The USD TIP-20 the fee payer pays fees in; default: the token being paid.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "checksummed_opt"
+    )]
+    pub fee_token: Option<Address>,
+    /// The fee payer's address (derived from `feePayerKey`; read only).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "checksummed_opt"
+    )]
+    pub fee_payer_address: Option<Address>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// A validated configuration with its fee payer.
+#[derive(Debug, Clone)]
+pub struct TempoConfig {
+    /// Public settings.
+    pub settings: TempoSettings,
+    /// The key that co-signs sponsored transactions (`feePayer: true`) and pays their fees.
+    pub fee_payer: Option<PrivateKeySigner>,
+}
+
+impl TempoConfig {
+    /// Validate `settings` and parse the fee-payer key (`0x` + 64 hex digits).
+    pub fn new(
+        mut settings: TempoSettings,
+        fee_payer_key: Option<&str>,
+    ) -> Result<Self, ConfigError> {
+        let err = |s: &str| Err(ConfigError(s.to_owned()));
+        if settings.chain_id == 0 {
+            return err("`chainId` must be a positive chain id");
+        }
+        match url_scheme(&settings.rpc_url) {
+            Some("http" | "https") => {}
+            _ => return err("`rpcUrl` must be an http or https URL"),
+        }
+        if settings.recipient == Address::ZERO {
+            return err("`recipient` must not be the zero address");
+        }
+        if settings.confirmations == 0 || settings.confirmations > CONFIRMATIONS_MAX {
+            return Err(ConfigError(format!(
+                "`confirmations` must be between 1 and {CONFIRMATIONS_MAX}"
+            )));
+        }
+        if settings.tokens.is_empty() || settings.tokens.len() > TOKENS_MAX {
+            return Err(ConfigError(format!(
+                "`tokens` must list 1 to {TOKENS_MAX} tokens"
+            )));
+        }
+        for (i, token) in settings.tokens.iter().enumerate() {
+            if !valid_currency(&token.currency) {
+                return Err(ConfigError(format!(
+                    "`tokens[{i}].currency` must be a lowercase currency code (a-z, 0-9, 1 to 16)"
+                )));
+            }
+            if settings.tokens[..i]
+                .iter()
+                .any(|t| t.currency == token.currency)
+            {
+                return Err(ConfigError(format!(
+                    "`tokens[{i}].currency` `{}` is listed twice",
+                    token.currency
+                )));
+            }
+            if token.address == Address::ZERO {
+                return Err(ConfigError(format!(
+                    "`tokens[{i}].address` must not be zero"
+                )));
+            }
+        }
+        if settings.fee_token == Some(Address::ZERO) {
+            return err("`feeToken` must not be the zero address");
+        }
+        let fee_payer =
+            match fee_payer_key {
+                None => None,
+                Some(key) => Some(key.parse::<PrivateKeySigner>().map_err(|_| {
+                    ConfigError("`feePayerKey` must be 0x and 64 hex digits".into())
+                })?),
+            };
+        if settings.fee_token.is_some() && fee_payer.is_none() {
+            return err("`feeToken` needs `feePayerKey` (only a fee payer pays fees)");
+        }
+        settings.fee_payer_address = fee_payer.as_ref().map(PrivateKeySigner::address);
+        if let Some(modes) = &settings.supported_modes {
+            if modes.is_empty() {
+                return err("`supportedModes` must list `pull` and/or `push`");
+            }
+            if modes.len() == 2 && modes[0] == modes[1] {
+                return err("`supportedModes` lists a mode twice");
+            }
+            if fee_payer.is_some() && modes.contains(&SubmissionMode::Push) {
+                return err(
+                    "`supportedModes`: `push` cannot be offered with `feePayerKey` (a sponsored request refuses `hash` credentials)",
+                );
+            }
+        }
+        Ok(Self {
+            settings,
+            fee_payer,
+        })
+    }
+
+    /// The token that settles `currency`.
+    pub fn token(&self, currency: &str) -> Option<&TempoToken> {
+        self.settings.tokens.iter().find(|t| t.currency == currency)
+    }
+
+    /// The modes offered, `None` for both (the request then omits `supportedModes`).
+    pub fn supported_modes(&self) -> Option<Vec<SubmissionMode>> {
+        if self.fee_payer.is_some() {
+            return Some(vec![SubmissionMode::Pull]);
+        }
+        self.settings.supported_modes.clone()
+    }
+}
