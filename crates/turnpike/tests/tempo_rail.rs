@@ -22,7 +22,7 @@ use alloy::signers::local::PrivateKeySigner;
 use alloy::sol_types::SolCall;
 use serde_json::{Value, json};
 use support::chain::{self, Anvil, RpcProxy};
-use support::{MPP_PROBLEMS, Server, TP_PROBLEMS, Tenant, decision_header};
+use support::{MPP_PROBLEMS, Server, TP_PROBLEMS, Tenant, Upstream, decision_header};
 use turnpike_protocol::{Credential, Receipt, b64, parse_challenges_from_lines};
 use turnpike_rails::tempo::proof::{ProofVersion, signing_hash};
 use turnpike_rails::tempo::tempo_primitives::TempoTransaction;
@@ -40,6 +40,7 @@ on_both_databases!(
     a_tempo_settlement_cut_off_from_its_rpc_stays_pending_and_the_resolver_books_it_once,
     a_zero_amount_price_is_paid_with_a_proof_and_books_nothing,
     tempo_rail_configuration_keeps_its_secret_and_validates_input,
+    a_gateway_route_is_paid_with_tempo_and_discovery_offers_the_token,
 );
 
 /// pathUSD, the TIP-20 precompile token every Tempo chain has (6 decimals).
@@ -869,4 +870,97 @@ async fn tempo_rail_configuration_keeps_its_secret_and_validates_input(db: &Test
         )
         .await;
     reply.expect_problem(503, &format!("{TP_PROBLEMS}unavailable"));
+}
+
+async fn a_gateway_route_is_paid_with_tempo_and_discovery_offers_the_token(db: &TestDb) {
+    let w = world(db, None, false).await;
+    let upstream = Upstream::start().await;
+    w.server
+        .create_price(
+            &w.merchant,
+            json!({"route": {"method": "GET", "path": "/report"}, "amount": PRICE.to_string(),
+                   "currency": "usd", "methods": ["tempo"], "upstreamUrl": upstream.url}),
+        )
+        .await;
+    // Discovery offers tempo with the token's address as the currency.
+    let document: Value = w
+        .server
+        .gateway(reqwest::Method::GET, "shop", "/openapi.json")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let offer = &document["paths"]["/report"]["get"]["x-payment-info"]["offers"][0];
+    assert_eq!(offer["method"], "tempo", "{document}");
+    assert_eq!(offer["currency"], PATH_USD.to_checksum(None), "{document}");
+    assert_eq!(offer["amount"], PRICE.to_string());
+    let recipient_before = w.balance(w.recipient).await;
+    // One route paid twice through the gateway: a `transaction`, then a `hash`.
+    for push in [false, true] {
+        let unpaid = w
+            .server
+            .gateway(reqwest::Method::GET, "shop", "/report")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(unpaid.status(), 402);
+        let header = unpaid
+            .headers()
+            .get("www-authenticate")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let challenge = parse_challenges_from_lines([header.as_str()])
+            .unwrap()
+            .remove(0);
+        assert_eq!(challenge.method, "tempo");
+        let (raw, hash) = w.pay(&challenge).await;
+        let authorization = if push {
+            chain::send_raw(&w.anvil, &raw).await.unwrap();
+            hash_credential(&challenge, hash)
+        } else {
+            transaction(&challenge, &raw)
+        };
+        let paid = w
+            .server
+            .gateway(reqwest::Method::GET, "shop", "/report")
+            .header("authorization", &authorization)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(paid.status(), 200);
+        let receipt = Receipt::parse(
+            paid.headers()
+                .get("payment-receipt")
+                .unwrap()
+                .to_str()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(receipt.method.as_deref(), Some("tempo"));
+        assert_eq!(receipt.reference, hash.to_string());
+        // Replayed at the gateway: refused, the upstream is not reached again.
+        let replay = w
+            .server
+            .gateway(reqwest::Method::GET, "shop", "/report")
+            .header("authorization", &authorization)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(replay.status(), 403);
+    }
+    assert_eq!(
+        upstream.hits(),
+        2,
+        "only the paid requests reach the upstream"
+    );
+    assert_eq!(
+        w.balance(w.recipient).await,
+        recipient_before + U256::from(2 * PRICE)
+    );
+    assert_eq!(w.revenue().await, (2 * PRICE, 2 * fee(PRICE)));
+    w.server.assert_ledger_consistent().await;
 }
