@@ -84,6 +84,13 @@ pub trait ServerRail: Rail<Config: 'static> + 'static {
     fn secret(config: &Self::Config) -> Option<String>;
     /// The receipt's chain id.
     fn chain_id(verified: &Self::Verified) -> u64;
+    /// Read what the rail's offer depends on now (a hot wallet's gas, a fee payer's balance),
+    /// after a configuration change and on every gas pass.
+    fn watch(
+        state: &AppState,
+        tenant_id: &str,
+        config: &Self::Config,
+    ) -> impl std::future::Future<Output = ()> + Send;
 }
 
 fn key_hex(signer: &alloy::signers::local::PrivateKeySigner) -> String {
@@ -114,6 +121,9 @@ impl ServerRail for EvmRail {
     fn chain_id(verified: &VerifiedEvm) -> u64 {
         verified.chain_id
     }
+    async fn watch(state: &AppState, tenant_id: &str, config: &EvmConfig) {
+        check_gas(state, tenant_id, config).await;
+    }
 }
 
 impl ServerRail for TempoRail {
@@ -139,6 +149,9 @@ impl ServerRail for TempoRail {
     }
     fn chain_id(verified: &VerifiedTempo) -> u64 {
         verified.chain_id
+    }
+    async fn watch(state: &AppState, tenant_id: &str, config: &TempoConfig) {
+        check_fee_payer(state, tenant_id, config).await;
     }
 }
 
@@ -495,14 +508,51 @@ pub async fn resolve_rail<R: ServerRail>(state: &AppState) -> Result<usize, ApiE
     Ok(finished)
 }
 
-/// One gas pass: read every `evm` hot wallet's balance.
+/// One gas pass: read every `evm` hot wallet's native balance and every `tempo` fee payer's
+/// fee-token balance.
 pub async fn check_gas_once(state: &AppState) -> Result<(), ApiError> {
-    for row in state.store.rail_configs("evm", GAS_CHECK_BATCH_MAX).await? {
-        if let Ok(config) = open_evm_config(state, &row) {
-            check_gas(state, &row.tenant_id, &config).await;
+    watch_all::<EvmRail>(state).await?;
+    watch_all::<TempoRail>(state).await
+}
+
+async fn watch_all<R: ServerRail>(state: &AppState) -> Result<(), ApiError> {
+    for row in state
+        .store
+        .rail_configs(R::METHOD, GAS_CHECK_BATCH_MAX)
+        .await?
+    {
+        if let Ok(config) = open_config::<R>(state, &row) {
+            R::watch(state, &row.tenant_id, &config).await;
         }
     }
     Ok(())
+}
+
+/// Read one fee payer's balance: below its floor, `tempo` is not offered and the alert metric
+/// is raised.
+pub async fn check_fee_payer(state: &AppState, tenant_id: &str, config: &TempoConfig) {
+    match state.rails.tempo.refresh_fee_balance(config).await {
+        Ok(Some(balance)) => {
+            let low = state.rails.tempo.fee_low(config);
+            if low {
+                tracing::warn!(tenant = %tenant_id, chain_id = config.settings.chain_id,
+                    "tempo fee payer below its floor: tempo challenges are not offered");
+            }
+            if let Some(address) = config.settings.fee_payer_address {
+                state.gas.record_fee_payer(
+                    tenant_id,
+                    config.settings.chain_id,
+                    address,
+                    balance,
+                    low,
+                );
+            }
+        }
+        Ok(None) => {}
+        Err(err) => {
+            tracing::warn!(tenant = %tenant_id, error = %err, "reading the fee payer's balance failed");
+        }
+    }
 }
 
 /// Read one hot wallet's balance: below its floor, `evm` is not offered and the alert metric
@@ -552,13 +602,30 @@ pub fn spawn_jobs(state: AppState) {
 /// (tenant, chain id, hot wallet address) → (balance in wei, below the floor).
 type GasMap = std::collections::BTreeMap<(String, u64, String), (String, bool)>;
 
-/// The last gas reading of each hot wallet, for `/metrics`.
+/// The last gas reading of each hot wallet and fee payer, for `/metrics`.
 #[derive(Debug, Default)]
 pub struct GasReadings {
     readings: std::sync::Mutex<GasMap>,
+    fee_payers: std::sync::Mutex<GasMap>,
 }
 
 impl GasReadings {
+    fn record_fee_payer(
+        &self,
+        tenant_id: &str,
+        chain_id: u64,
+        address: alloy::primitives::Address,
+        balance: alloy::primitives::U256,
+        low: bool,
+    ) {
+        if let Ok(mut map) = self.fee_payers.lock() {
+            map.insert(
+                (tenant_id.to_owned(), chain_id, address.to_string()),
+                (balance.to_string(), low),
+            );
+        }
+    }
+
     fn record(
         &self,
         tenant_id: &str,
@@ -581,8 +648,35 @@ impl GasReadings {
         }
     }
 
-    /// Prometheus text lines: `turnpike_evm_hot_wallet_low` (the alert) and the balance.
+    /// Prometheus text lines: `turnpike_evm_hot_wallet_low` and
+    /// `turnpike_tempo_fee_payer_low` (the alerts) and the balances.
     pub fn metrics(&self) -> String {
+        let mut out = self.evm_metrics();
+        out.push_str(
+            "# HELP turnpike_tempo_fee_payer_low 1 when a tempo fee payer is below its floor (tempo is not offered).\n\
+             # TYPE turnpike_tempo_fee_payer_low gauge\n",
+        );
+        let mut balances = String::from(
+            "# HELP turnpike_tempo_fee_payer_balance The fee payer's fee-token balance (base units) at the last check.\n\
+             # TYPE turnpike_tempo_fee_payer_balance gauge\n",
+        );
+        if let Ok(map) = self.fee_payers.lock() {
+            for ((tenant, chain, address), (balance, low)) in map.iter() {
+                let labels =
+                    format!("tenant=\"{tenant}\",chain_id=\"{chain}\",address=\"{address}\"");
+                out.push_str(&format!(
+                    "turnpike_tempo_fee_payer_low{{{labels}}} {}\n",
+                    u8::from(*low)
+                ));
+                balances.push_str(&format!(
+                    "turnpike_tempo_fee_payer_balance{{{labels}}} {balance}\n"
+                ));
+            }
+        }
+        out + &balances
+    }
+
+    fn evm_metrics(&self) -> String {
         let mut out = String::from(
             "# HELP turnpike_evm_hot_wallet_low 1 when an evm hot wallet is below its gas floor (evm is not offered).\n\
              # TYPE turnpike_evm_hot_wallet_low gauge\n",

@@ -789,6 +789,7 @@ async fn tempo_rail_configuration_keeps_its_secret_and_validates_input(db: &Test
             "feePayerAddress",
         ),
         (base(json!({"decimals": 6})), "decimals"),
+        (base(json!({"minFeeBalance": "1.5"})), "minFeeBalance"),
     ] {
         let reply = w
             .server
@@ -828,6 +829,40 @@ async fn tempo_rail_configuration_keeps_its_secret_and_validates_input(db: &Test
     let challenge = w.challenge().await;
     let request = challenge.request_json();
     assert_eq!(request["methodDetails"]["feePayer"], true);
+    // A fee payer below its floor: tempo is not offered (the spec: a sponsor MUST reject new
+    // requests when its fee balance runs low) and the alert metric is raised.
+    w.server
+        .call(
+            reqwest::Method::PUT,
+            "/v1/rails/tempo",
+            Some(&w.merchant.key),
+            Some(base(json!({"minFeeBalance": "1000000000000000000000000"}))),
+        )
+        .await
+        .expect_status(200);
+    w.server
+        .post(
+            "/v1/challenges",
+            &w.merchant.key,
+            json!({"method": "GET", "path": PATH}),
+        )
+        .await
+        .expect_problem(503, &format!("{TP_PROBLEMS}unavailable"));
+    let metrics = w
+        .server
+        .http
+        .get(format!("{}/metrics", w.server.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let alert = metrics
+        .lines()
+        .find(|l| l.starts_with("turnpike_tempo_fee_payer_low{"))
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(alert.ends_with(" 1"), "{alert}");
     let removed = w
         .server
         .call(

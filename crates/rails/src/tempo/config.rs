@@ -3,7 +3,7 @@
 //! optional fee-payer key that sponsors the payers' fees (`feePayer: true`). The fee-payer key is
 //! a secret: it is set here but never read back.
 
-use alloy::primitives::Address;
+use alloy::primitives::{Address, U256};
 use alloy::signers::local::PrivateKeySigner;
 use serde::{Deserialize, Serialize};
 
@@ -15,6 +15,8 @@ use crate::evm::config::{checksummed, checksummed_opt, url_scheme, valid_currenc
 pub const TOKENS_MAX: usize = 16;
 /// Most confirmations a tenant may ask for before a payment counts.
 pub const CONFIRMATIONS_MAX: u32 = 64;
+/// The fee payer's floor when none is configured: 1.000000 of the fee token.
+pub const MIN_FEE_BALANCE_DEFAULT: u64 = 1_000_000;
 
 /// One TIP-20 token accepted on the chain (TIP-20 tokens have 6 decimals).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,13 +49,18 @@ pub struct TempoSettings {
     /// with a fee payer: a sponsored request refuses `hash` credentials).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub supported_modes: Option<Vec<SubmissionMode>>,
-    /// The USD TIP-20 the fee payer pays fees in; default: the token being paid.
+    /// The USD TIP-20 the fee payer pays fees in; default: the first of `tokens`.
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
         serialize_with = "checksummed_opt"
     )]
     pub fee_token: Option<Address>,
+    /// Below this balance of the fee token (base units, decimal string) the fee payer stops
+    /// sponsoring: `tempo` is not offered and the low-balance alert is raised (the spec: a
+    /// sponsoring server MUST reject new requests when its fee balance runs low).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_fee_balance: Option<String>,
     /// The fee payer's address (derived from `feePayerKey`; read only).
     #[serde(
         default,
@@ -74,6 +81,8 @@ pub struct TempoConfig {
     pub settings: TempoSettings,
     /// The key that co-signs sponsored transactions (`feePayer: true`) and pays their fees.
     pub fee_payer: Option<PrivateKeySigner>,
+    /// The fee payer's floor, in fee-token base units.
+    pub min_fee_balance: U256,
 }
 
 impl TempoConfig {
@@ -137,6 +146,17 @@ impl TempoConfig {
         if settings.fee_token.is_some() && fee_payer.is_none() {
             return err("`feeToken` needs `feePayerKey` (only a fee payer pays fees)");
         }
+        let min_fee_balance = match settings.min_fee_balance.as_deref() {
+            None => U256::from(MIN_FEE_BALANCE_DEFAULT),
+            Some(_) if fee_payer.is_none() => {
+                return err("`minFeeBalance` needs `feePayerKey` (only a fee payer pays fees)");
+            }
+            Some(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
+                U256::from_str_radix(s, 10)
+                    .map_err(|_| ConfigError("`minFeeBalance` is too large".into()))?
+            }
+            Some(_) => return err("`minFeeBalance` must be a decimal string of base units"),
+        };
         settings.fee_payer_address = fee_payer.as_ref().map(PrivateKeySigner::address);
         if let Some(modes) = &settings.supported_modes {
             if modes.is_empty() {
@@ -154,12 +174,20 @@ impl TempoConfig {
         Ok(Self {
             settings,
             fee_payer,
+            min_fee_balance,
         })
     }
 
     /// The token that settles `currency`.
     pub fn token(&self, currency: &str) -> Option<&TempoToken> {
         self.settings.tokens.iter().find(|t| t.currency == currency)
+    }
+
+    /// The TIP-20 the fee payer pays fees in: `feeToken`, else the first token.
+    pub fn fee_token(&self) -> Address {
+        self.settings
+            .fee_token
+            .unwrap_or(self.settings.tokens[0].address)
     }
 
     /// The modes offered, `None` for both (the request then omits `supportedModes`).

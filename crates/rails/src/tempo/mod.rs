@@ -75,6 +75,7 @@ alloy::sol! {
     interface ITip20Payments {
         function transfer(address to, uint256 amount) external returns (bool);
         function transferWithMemo(address to, uint256 amount, bytes32 memo) external;
+        function balanceOf(address account) external view returns (uint256);
         event Transfer(address indexed from, address indexed to, uint256 amount);
         event TransferWithMemo(address indexed from, address indexed to, uint256 amount, bytes32 indexed memo);
     }

@@ -6,8 +6,13 @@
 //! satisfy the charge (amount, splits, the challenge-bound memo) with the configured
 //! confirmations. A `proof` moves nothing: it settles at once with the challenge id as reference.
 
-use alloy::primitives::{Address, B256, Bytes};
-use alloy::providers::RootProvider;
+use std::collections::HashMap;
+use std::sync::{PoisonError, RwLock};
+
+use alloy::primitives::{Address, B256, Bytes, U256};
+use alloy::providers::{Provider, RootProvider};
+use alloy::rpc::types::TransactionRequest;
+use alloy::sol_types::SolCall;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -20,7 +25,7 @@ use super::proof::{ProofVersion, verify_proof};
 use super::receipt_logs::verify_receipt_logs;
 use super::request::{Charge, ChargeRequest, SubmissionMode};
 use super::transaction::{self, payload_bytes, verify_transaction};
-use super::{METHOD, TempoError};
+use super::{ITip20Payments, METHOD, TempoError};
 use crate::rpc::{self, Broadcast, Providers, ReceiptState, Submitted, short};
 use crate::{
     ChallengeFacts, PrepareError, Prepared, PriceTerms, Rail, Rejection, Settlement, Unavailable,
@@ -33,6 +38,8 @@ pub const RAW_TX_LEN_MAX: usize = 16_384;
 #[derive(Debug, Default)]
 pub struct TempoRail {
     providers: Providers,
+    /// (chain id, fee payer) → below its floor at the last reading.
+    fee_low: RwLock<HashMap<(u64, Address), bool>>,
 }
 
 /// How a verified credential pays.
@@ -150,6 +157,50 @@ impl TempoRail {
         self.providers.get(&config.settings.rpc_url)
     }
 
+    /// Read the fee payer's balance of the fee token and remember whether it is below the
+    /// floor. Returns the balance, or `None` without a fee payer.
+    pub async fn refresh_fee_balance(
+        &self,
+        config: &TempoConfig,
+    ) -> Result<Option<U256>, Unavailable> {
+        let Some(fee_payer) = &config.fee_payer else {
+            return Ok(None);
+        };
+        let provider = self.provider(config)?;
+        let call = ITip20Payments::balanceOfCall {
+            account: fee_payer.address(),
+        };
+        let request = TransactionRequest::default()
+            .to(config.fee_token())
+            .input(Bytes::from(call.abi_encode()).into());
+        let unanswered = || Unavailable("the chain's RPC did not answer".into());
+        let out = provider.call(request).await.map_err(|_| unanswered())?;
+        let balance =
+            ITip20Payments::balanceOfCall::abi_decode_returns(&out).map_err(|_| unanswered())?;
+        self.fee_low
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(
+                (config.settings.chain_id, fee_payer.address()),
+                balance < config.min_fee_balance,
+            );
+        Ok(Some(balance))
+    }
+
+    /// True when the last [`TempoRail::refresh_fee_balance`] found the fee payer below its
+    /// floor.
+    pub fn fee_low(&self, config: &TempoConfig) -> bool {
+        let Some(fee_payer) = &config.fee_payer else {
+            return false;
+        };
+        self.fee_low
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&(config.settings.chain_id, fee_payer.address()))
+            .copied()
+            .unwrap_or(false)
+    }
+
     fn request_for(
         config: &TempoConfig,
         price: &PriceTerms<'_>,
@@ -216,6 +267,12 @@ impl Rail for TempoRail {
                 price.currency
             ))
         })?;
+        if self.fee_low(config) {
+            return Err(Unavailable(
+                "the tempo fee payer's balance is below its floor; tempo is not offered until it is refilled"
+                    .into(),
+            ));
+        }
         Ok(charge_request(
             config,
             token.address,
@@ -250,7 +307,7 @@ impl Rail for TempoRail {
                 let raw = payload_bytes(hex).map_err(rejection)?;
                 match &config.fee_payer {
                     Some(signer) => {
-                        let fee_token = config.settings.fee_token.unwrap_or(charge.currency);
+                        let fee_token = config.fee_token();
                         let cosigned = cosign_fee_payer(
                             &charge,
                             Some(binding),

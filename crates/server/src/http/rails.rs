@@ -129,13 +129,9 @@ async fn upsert_rail<R: ServerRail>(
         .await?;
     R::cache(&state).remove(&tenant_id);
     state.caches.prices.remove(&tenant_id);
-    if method == EvmRail::METHOD
-        && let Some(row) = state.store.rail_config(&tenant_id, method).await?
-    {
-        // Read the new hot wallet's gas now, so a dry wallet is not offered until the next pass.
-        let config = crate::rails::open_evm_config(&state, &row)?;
-        crate::rails::check_gas(&state, &tenant_id, &config).await;
-    }
+    // Read the new hot wallet's gas or fee payer's balance now, so a dry one is not offered
+    // until the next pass.
+    R::watch(&state, &tenant_id, &config).await;
     let status = if version == 1 {
         StatusCode::CREATED
     } else {
