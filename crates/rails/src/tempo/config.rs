@@ -198,3 +198,78 @@ impl TempoConfig {
         self.settings.supported_modes.clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    const KEY: &str = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d";
+
+    fn settings(extra: serde_json::Value) -> TempoSettings {
+        let mut body = json!({
+            "chainId": 4217, "rpcUrl": "https://rpc.example", "recipient": format!("{:#x}", Address::repeat_byte(0x74)),
+            "tokens": [{"currency": "usd", "address": "0x20c0000000000000000000000000000000000000"}],
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        serde_json::from_value(body).unwrap()
+    }
+
+    #[test]
+    fn a_fee_payer_offers_pull_only_and_defaults_its_fee_token_and_floor() {
+        let plain = TempoConfig::new(settings(json!({})), None).unwrap();
+        assert_eq!(plain.supported_modes(), None);
+        assert!(plain.settings.fee_payer_address.is_none());
+        let sponsored = TempoConfig::new(settings(json!({})), Some(KEY)).unwrap();
+        assert_eq!(
+            sponsored.supported_modes(),
+            Some(vec![SubmissionMode::Pull])
+        );
+        assert_eq!(sponsored.fee_token(), sponsored.settings.tokens[0].address);
+        assert_eq!(
+            sponsored.min_fee_balance,
+            U256::from(MIN_FEE_BALANCE_DEFAULT)
+        );
+        assert!(sponsored.settings.fee_payer_address.is_some());
+        // The derived address is public; the key is not in the settings.
+        let public = serde_json::to_string(&sponsored.settings).unwrap();
+        assert!(!public.contains(&KEY[2..]), "{public}");
+    }
+
+    #[test]
+    fn invalid_settings_name_the_field() {
+        let cases = [
+            (json!({"chainId": 0}), None, "chainId"),
+            (json!({"rpcUrl": "ws://x"}), None, "rpcUrl"),
+            (json!({"confirmations": 65}), None, "confirmations"),
+            (json!({"tokens": []}), None, "tokens"),
+            (json!({"supportedModes": []}), None, "supportedModes"),
+            (
+                json!({"supportedModes": ["push", "push"]}),
+                None,
+                "supportedModes",
+            ),
+            (
+                json!({"supportedModes": ["push"]}),
+                Some(KEY),
+                "supportedModes",
+            ),
+            (
+                json!({"feeToken": "0x20c0000000000000000000000000000000000001"}),
+                None,
+                "feeToken",
+            ),
+            (json!({"minFeeBalance": "5"}), None, "minFeeBalance"),
+            (json!({"minFeeBalance": "-5"}), Some(KEY), "minFeeBalance"),
+            (json!({}), Some("0x1234"), "feePayerKey"),
+        ];
+        for (extra, key, field) in cases {
+            let err = TempoConfig::new(settings(extra.clone()), key).unwrap_err();
+            assert!(err.0.contains(field), "{extra}: {err}");
+            assert!(!err.0.contains("1234"), "{err}");
+        }
+    }
+}
