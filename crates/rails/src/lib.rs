@@ -16,6 +16,7 @@ pub mod tempo;
 
 pub use balance::BalanceRail;
 pub use evm::EvmRail;
+pub use tempo::TempoRail;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};

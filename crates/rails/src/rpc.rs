@@ -1,18 +1,22 @@
 //! JSON-RPC to EVM-compatible chains, shared by the `evm` and `tempo` rails: one client per
 //! endpoint with bounded timeouts, broadcasts classified into accepted / rejected / unknown, and
 //! receipts counted only with enough confirmations.
+//!
+//! Receipts are read field by field ([`MinedReceipt`]) rather than as alloy's Ethereum receipt
+//! type, which refuses transaction types it does not know (Tempo's `0x76`).
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use alloy::primitives::{Address, B256, Bytes, U256};
+use alloy::primitives::{Address, B256, Bytes, U64, U256};
 use alloy::providers::{Provider, RootProvider};
 use alloy::rpc::client::RpcClient;
-use alloy::rpc::types::{Filter, Log, TransactionReceipt};
+use alloy::rpc::types::{Filter, Log};
 use alloy::sol_types::SolEvent;
 use alloy::transports::http::Http;
 use alloy::transports::{RpcError, TransportErrorKind};
+use serde::Deserialize;
 
 use crate::Unavailable;
 
@@ -84,11 +88,52 @@ fn classify_send_error(err: &RpcError<TransportErrorKind>) -> Broadcast {
     }
 }
 
+/// A mined transaction's receipt, the fields the rails read (`eth_getTransactionReceipt`), for
+/// any transaction type.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MinedReceipt {
+    /// `transactionHash`.
+    pub transaction_hash: B256,
+    /// `blockNumber` (absent while pending on some nodes).
+    #[serde(default)]
+    pub block_number: Option<U64>,
+    /// `status`: 1 success, 0 reverted (post-Byzantium).
+    #[serde(default)]
+    pub status: Option<U64>,
+    /// `logs`.
+    #[serde(default)]
+    pub logs: Vec<alloy::rpc::types::Log>,
+}
+
+impl MinedReceipt {
+    /// True when the transaction succeeded.
+    pub fn success(&self) -> bool {
+        self.status == Some(U64::from(1))
+    }
+
+    /// The logs without their block context.
+    pub fn primitive_logs(&self) -> Vec<alloy::primitives::Log> {
+        self.logs.iter().map(|log| log.inner.clone()).collect()
+    }
+}
+
+/// `eth_getTransactionReceipt`, `None` when the node knows no mined transaction `hash`.
+pub async fn get_receipt(
+    provider: &RootProvider,
+    hash: B256,
+) -> Result<Option<MinedReceipt>, Unavailable> {
+    provider
+        .raw_request::<_, Option<MinedReceipt>>("eth_getTransactionReceipt".into(), (hash,))
+        .await
+        .map_err(|_| Unavailable("the chain's RPC did not answer".into()))
+}
+
 /// What the chain says about a transaction.
 #[derive(Debug, Clone)]
 pub enum ReceiptState {
     /// Mined, successful, with enough confirmations.
-    Confirmed(Box<TransactionReceipt>),
+    Confirmed(Box<MinedReceipt>),
     /// Mined and reverted (final once confirmed).
     Reverted,
     /// Mined but fewer confirmations than required so far.
@@ -105,12 +150,12 @@ pub async fn receipt_state(
     hash: B256,
     confirmations: u32,
 ) -> ReceiptState {
-    let receipt = match provider.get_transaction_receipt(hash).await {
+    let receipt = match get_receipt(provider, hash).await {
         Ok(Some(receipt)) => receipt,
         Ok(None) => return ReceiptState::NotFound,
         Err(_) => return ReceiptState::Unreachable,
     };
-    let Some(included) = receipt.block_number else {
+    let Some(included) = receipt.block_number.map(|n| n.to::<u64>()) else {
         return ReceiptState::NotFound;
     };
     if confirmations > 1 {
@@ -120,7 +165,7 @@ pub async fn receipt_state(
             Err(_) => return ReceiptState::Unreachable,
         }
     }
-    if receipt.status() {
+    if receipt.success() {
         ReceiptState::Confirmed(Box::new(receipt))
     } else {
         ReceiptState::Reverted
@@ -164,10 +209,9 @@ pub struct TokenTransfer {
 }
 
 /// The `Transfer` logs emitted by `token` in `receipt` (logs of other contracts never count).
-pub fn token_transfers(receipt: &TransactionReceipt, token: Address) -> Vec<TokenTransfer> {
+pub fn token_transfers(receipt: &MinedReceipt, token: Address) -> Vec<TokenTransfer> {
     receipt
-        .inner
-        .logs()
+        .logs
         .iter()
         .filter(|log| log.address() == token)
         .filter_map(decode_transfer)
@@ -274,4 +318,54 @@ pub async fn transfer_logs(
         .collect();
     found.sort_by_key(|log| (log.block_number, log.log_index));
     Ok(found)
+}
+
+/// How long a submission waits for its receipt before it is left pending.
+pub const SUBMIT_WAIT_MS: u64 = 20_000;
+/// How long a `hash` credential's transaction may take to appear before it is refused.
+pub const HASH_APPEAR_WAIT_MS: u64 = 3_000;
+
+/// How a submission ended, as far as the chain told within [`SUBMIT_WAIT_MS`].
+#[derive(Debug, Clone)]
+pub enum Submitted {
+    /// The node refused the signed transaction for good (its message).
+    Refused(String),
+    /// A client-broadcast hash that is not mined (within [`HASH_APPEAR_WAIT_MS`]).
+    NotMined,
+    /// Mined and reverted.
+    Reverted,
+    /// Mined, successful, with enough confirmations.
+    Confirmed(Box<MinedReceipt>),
+    /// Not known yet: leave it pending.
+    Unknown,
+}
+
+/// Broadcast `raw` (a transaction the server submits) or, without it, give a client-broadcast
+/// `hash` a moment to be mined; then wait for `hash`'s receipt with `confirmations`.
+pub async fn submit_and_wait(
+    provider: &RootProvider,
+    raw: Option<&Bytes>,
+    hash: B256,
+    confirmations: u32,
+) -> Submitted {
+    if let Some(raw) = raw {
+        if let Broadcast::Rejected(message) = broadcast(provider, raw).await {
+            return Submitted::Refused(message);
+        }
+    } else if let ReceiptState::NotFound =
+        wait_receipt(provider, hash, 1, HASH_APPEAR_WAIT_MS).await
+    {
+        return Submitted::NotMined;
+    }
+    match wait_receipt(provider, hash, confirmations, SUBMIT_WAIT_MS).await {
+        ReceiptState::Reverted => Submitted::Reverted,
+        ReceiptState::Confirmed(receipt) => Submitted::Confirmed(receipt),
+        _ => Submitted::Unknown,
+    }
+}
+
+/// At most 200 characters of a node's message (it never holds credential bytes, but it is
+/// foreign text).
+pub fn short(message: &str) -> String {
+    message.chars().take(200).collect()
 }

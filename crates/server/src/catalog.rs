@@ -9,7 +9,10 @@ use turnpike_protocol::charge::parse_amount_minor;
 use crate::error::ApiError;
 
 /// Payment methods this server can issue challenges for.
-pub const METHODS_SUPPORTED: &[&str] = &["turnpike", "evm"];
+pub const METHODS_SUPPORTED: &[&str] = &["turnpike", "evm", "tempo"];
+/// Methods that can take a zero amount (a `tempo` proof: the payer proves an account, nothing
+/// moves); a price of `"0"` may offer only these.
+pub const ZERO_AMOUNT_METHODS: &[&str] = &["tempo"];
 /// Longest accepted challenge lifetime (one day).
 pub const CHALLENGE_TTL_S_MAX: u64 = 86_400;
 /// Challenge lifetime when the price names none.
@@ -145,6 +148,19 @@ impl PriceDefinition {
         validate_route(&self.route)?;
         match parse_amount_minor(&self.amount) {
             Some(amount) if amount > 0 => {}
+            Some(0)
+                if !self.methods.is_empty()
+                    && self
+                        .methods
+                        .iter()
+                        .all(|m| ZERO_AMOUNT_METHODS.contains(&m.as_str())) => {}
+            Some(0) => {
+                return Err(ApiError::invalid(format!(
+                    "`amount` \"0\" is only for methods that prove an account without moving \
+                     money ({}); `methods` names others",
+                    ZERO_AMOUNT_METHODS.join(", ")
+                )));
+            }
             _ => {
                 return Err(ApiError::invalid(
                     "`amount` must be a string of minor units greater than zero, e.g. \"250\"",

@@ -22,6 +22,9 @@ use crate::method_turnpike;
 use crate::state::AppState;
 use turnpike_rails::Rail as _;
 use turnpike_rails::balance::{BalanceConfig, BalanceRail, Issuer, PostError, VerifiedGrant};
+use turnpike_rails::{EvmRail, TempoRail};
+
+use crate::rails::ServerRail;
 
 /// Binding secrets read per tenant (the current one and those still verifying).
 const BINDING_SECRETS_READ_MAX: i64 = 8;
@@ -290,6 +293,8 @@ pub struct MethodContext {
     pub evm: Option<Arc<turnpike_rails::evm::EvmConfig>>,
     /// The platform as the issuer of grants, when the price accepts `turnpike`.
     pub turnpike: Option<Arc<Issuer>>,
+    /// The tenant's `tempo` configuration, when the price accepts `tempo`.
+    pub tempo: Option<Arc<turnpike_rails::tempo::TempoConfig>>,
 }
 
 /// Load what the price's methods need.
@@ -304,6 +309,9 @@ pub async fn method_context(
     }
     if def.methods.iter().any(|m| m == "turnpike") {
         context.turnpike = Some(state.issuer());
+    }
+    if def.methods.iter().any(|m| m == "tempo") {
+        context.tempo = crate::rails::tempo_config(state, &tenant.id).await?;
     }
     Ok(context)
 }
@@ -324,21 +332,25 @@ fn method_request(
                 .challenge_request(&config, &crate::rails::price_terms(def))
                 .ok()
         }
-        "evm" => {
-            let config = context.evm.as_ref()?;
-            match state
-                .rails
-                .evm
-                .challenge_request(config, &crate::rails::price_terms(def))
-            {
-                Ok(request) => Some(request),
-                Err(why) => {
-                    tracing::debug!(tenant = %tenant.id, reason = %why, "evm not offered");
-                    None
-                }
-            }
-        }
+        "evm" => offer::<EvmRail>(state, tenant, def, context.evm.as_deref()),
+        "tempo" => offer::<TempoRail>(state, tenant, def, context.tempo.as_deref()),
         _ => None,
+    }
+}
+
+/// A rail's `request` for a price, or `None` (logged) when it cannot offer it.
+fn offer<R: ServerRail>(
+    state: &AppState,
+    tenant: &TenantRow,
+    def: &PriceDefinition,
+    config: Option<&R::Config>,
+) -> Option<Map<String, Value>> {
+    match R::of(state).challenge_request(config?, &crate::rails::price_terms(def)) {
+        Ok(request) => Some(request),
+        Err(why) => {
+            tracing::debug!(tenant = %tenant.id, method = R::METHOD, reason = %why, "not offered");
+            None
+        }
     }
 }
 
@@ -575,6 +587,11 @@ enum Verified {
         Box<turnpike_rails::evm::VerifiedEvm>,
         Arc<turnpike_rails::evm::EvmConfig>,
     ),
+    /// `tempo`: likewise.
+    Tempo(
+        Box<turnpike_rails::tempo::VerifiedTempo>,
+        Arc<turnpike_rails::tempo::TempoConfig>,
+    ),
 }
 
 async fn check_credential(
@@ -692,27 +709,18 @@ async fn check_credential(
                     "this merchant has no evm rail",
                 )));
             };
-            let facts = turnpike_rails::ChallengeFacts {
-                id: &echo.id,
-                realm: &echo.realm,
-                expires_at_s: echo
-                    .expires_at()
-                    .ok()
-                    .flatten()
-                    .map_or(0, |t| t.timestamp()),
-            };
-            state
-                .rails
-                .evm
-                .verify(
-                    &config,
-                    facts,
-                    &crate::rails::price_terms(&price.definition),
-                    credential,
-                    state.now_ms().div_euclid(1000),
-                )
+            verify_on::<EvmRail>(state, &config, echo, &price.definition, credential)
                 .map(|v| Verified::Evm(Box::new(v), config))
-                .map_err(|r| (r.kind, r.detail))
+        }
+        "tempo" => {
+            let Some(config) = context.tempo.clone() else {
+                return Ok(Err(retry(
+                    ProblemType::VerificationFailed,
+                    "this merchant has no tempo rail",
+                )));
+            };
+            verify_on::<TempoRail>(state, &config, echo, &price.definition, credential)
+                .map(|v| Verified::Tempo(Box::new(v), config))
         }
         _ => {
             return Ok(Err(retry(
@@ -729,6 +737,34 @@ async fn check_credential(
         }),
         Err((kind, detail)) => Err(retry(kind, detail)),
     })
+}
+
+/// A rail's offline verification of a credential.
+fn verify_on<R: ServerRail>(
+    state: &AppState,
+    config: &R::Config,
+    echo: &turnpike_protocol::ChallengeEcho,
+    def: &PriceDefinition,
+    credential: &Credential,
+) -> Result<R::Verified, (ProblemType, String)> {
+    let facts = turnpike_rails::ChallengeFacts {
+        id: &echo.id,
+        realm: &echo.realm,
+        expires_at_s: echo
+            .expires_at()
+            .ok()
+            .flatten()
+            .map_or(0, |t| t.timestamp()),
+    };
+    R::of(state)
+        .verify(
+            config,
+            facts,
+            &crate::rails::price_terms(def),
+            credential,
+            state.now_ms().div_euclid(1000),
+        )
+        .map_err(|r| (r.kind, r.detail))
 }
 
 async fn price_of_challenge(
@@ -805,7 +841,13 @@ async fn settle(
     let (grant, issuer) = match checked.verified {
         Verified::Turnpike(grant, issuer) => (grant, issuer),
         Verified::Evm(verified, config) => {
-            return settle_evm(
+            return settle_rail::<EvmRail>(
+                state, secrets, tenant, facts, digest, row, &verified, &config,
+            )
+            .await;
+        }
+        Verified::Tempo(verified, config) => {
+            return settle_rail::<TempoRail>(
                 state, secrets, tenant, facts, digest, row, &verified, &config,
             )
             .await;
@@ -848,37 +890,37 @@ fn already_used() -> Decision {
     )
 }
 
-/// Settle an `evm` credential on its chain (see [`crate::rails::settle_evm`]).
+/// Settle a credential on an outside rail (see [`crate::rails::settle_on`]).
 #[allow(clippy::too_many_arguments)]
-async fn settle_evm(
+async fn settle_rail<R: ServerRail>(
     state: &AppState,
     secrets: &Secrets,
     tenant: &TenantRow,
     facts: &RequestFacts,
     digest: Option<&ContentDigest>,
     row: PaymentRow,
-    verified: &turnpike_rails::evm::VerifiedEvm,
-    config: &turnpike_rails::evm::EvmConfig,
+    verified: &R::Verified,
+    config: &R::Config,
 ) -> Result<Decision, ApiError> {
     let challenge_id = row.challenge_id.clone();
     let row = PaymentRow {
-        proof_key: state.rails.evm.replay_token(verified),
+        proof_key: R::of(state).replay_token(verified),
         ..row
     };
-    match crate::rails::settle_evm(state, config, row, verified).await? {
+    match crate::rails::settle_on::<R>(state, config, row, verified).await? {
         crate::rails::Outcome::Paid {
             payment_id,
             reference,
         } => {
             let timestamp =
                 chrono::DateTime::from_timestamp_millis(state.now_ms()).unwrap_or_default();
-            let mut receipt = Receipt::success("evm", timestamp, &reference);
+            let mut receipt = Receipt::success(R::METHOD, timestamp, &reference);
             receipt
                 .extra
                 .insert("challengeId".into(), Value::String(challenge_id));
             receipt
                 .extra
-                .insert("chainId".into(), Value::from(verified.chain_id));
+                .insert("chainId".into(), Value::from(R::chain_id(verified)));
             let receipt = receipt
                 .to_header_value()
                 .map_err(|_| ApiError::internal())?;

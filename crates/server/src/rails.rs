@@ -3,6 +3,9 @@
 //! verified credential on an outside rail (claim, prepare, record, submit, book), the resolver
 //! that finishes settlements whose outcome was unknown, and the hot-wallet gas watcher.
 //!
+//! All of it is written once over [`ServerRail`] (a [`Rail`] plus where the server keeps its
+//! configurations): `evm` and `tempo` go through the same code.
+//!
 //! A payment on an outside rail moves through `claimed` (its challenge and proof are taken) →
 //! `pending` (submitted, outcome unknown) → `settled` (booked in the ledger, once: the
 //! [`LedgerGuard::Settle`] guard only books a claimed or pending payment), or is released
@@ -11,12 +14,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
 use turnpike_ledger::{AccountKind, TransferId, TransferRequest};
-use turnpike_rails::evm::{EvmConfig, EvmSettings};
+use turnpike_rails::evm::{ConfigError, EvmConfig, EvmSettings, VerifiedEvm};
+use turnpike_rails::tempo::{TempoConfig, TempoRail, TempoSettings, VerifiedTempo};
 use turnpike_rails::{EvmRail, PrepareError, Prepared, PriceTerms, Rail, Rejection, Settlement};
-use turnpike_store::{GuardRefusal, LedgerGuard, PaymentRow, SettleGuard};
+use turnpike_store::{GuardRefusal, LedgerGuard, PaymentRow, RailConfigRow, SettleGuard};
 
+use crate::cache::TtlCache;
 use crate::catalog::PriceDefinition;
 use crate::error::ApiError;
 use crate::ids;
@@ -51,15 +58,103 @@ pub struct Rails {
     pub evm: EvmRail,
     /// RPC clients of the deposit watcher.
     pub deposits_rpc: turnpike_rails::rpc::Providers,
+    /// `tempo`.
+    pub tempo: TempoRail,
 }
 
-/// The secrets of an `evm` configuration (sealed at rest).
-#[derive(Debug, Default, Deserialize, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct EvmSecrets {
-    /// The hot wallet's private key.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hot_wallet_key: Option<String>,
+/// A [`Rail`] as the server holds it: its configuration API (public settings, one sealed
+/// secret), where its tenants' configurations are cached, and what its receipts add.
+pub trait ServerRail: Rail<Config: 'static> + 'static {
+    /// The method name (`evm`, `tempo`).
+    const METHOD: &'static str;
+    /// The configuration API's secret member (sealed at rest, never returned).
+    const SECRET_FIELD: &'static str;
+    /// The configuration API's read-only member derived from the secret (an address).
+    const DERIVED_FIELD: &'static str;
+    /// The public settings, as stored and returned.
+    type Settings: Serialize + DeserializeOwned;
+
+    /// The server's instance of the rail.
+    fn of(state: &AppState) -> &Self;
+    /// The configuration cache.
+    fn cache(state: &AppState) -> &TtlCache<String, Option<Arc<Self::Config>>>;
+    /// Validate settings with the secret.
+    fn open(settings: Self::Settings, secret: Option<&str>) -> Result<Self::Config, ConfigError>;
+    /// The validated public settings.
+    fn settings(config: &Self::Config) -> &Self::Settings;
+    /// The secret of a configuration (to keep it when a change omits it).
+    fn secret(config: &Self::Config) -> Option<String>;
+    /// The receipt's chain id.
+    fn chain_id(verified: &Self::Verified) -> u64;
+    /// Read what the rail's offer depends on now (a hot wallet's gas, a fee payer's balance),
+    /// after a configuration change and on every gas pass.
+    fn watch(
+        state: &AppState,
+        tenant_id: &str,
+        config: &Self::Config,
+    ) -> impl std::future::Future<Output = ()> + Send;
+}
+
+fn key_hex(signer: &alloy::signers::local::PrivateKeySigner) -> String {
+    format!("0x{}", alloy::hex::encode(signer.to_bytes()))
+}
+
+impl ServerRail for EvmRail {
+    const METHOD: &'static str = "evm";
+    const SECRET_FIELD: &'static str = "hotWalletKey";
+    const DERIVED_FIELD: &'static str = "hotWalletAddress";
+    type Settings = EvmSettings;
+
+    fn of(state: &AppState) -> &Self {
+        &state.rails.evm
+    }
+    fn cache(state: &AppState) -> &TtlCache<String, Option<Arc<EvmConfig>>> {
+        &state.caches.evm_configs
+    }
+    fn open(settings: EvmSettings, secret: Option<&str>) -> Result<EvmConfig, ConfigError> {
+        EvmConfig::new(settings, secret)
+    }
+    fn settings(config: &EvmConfig) -> &EvmSettings {
+        &config.settings
+    }
+    fn secret(config: &EvmConfig) -> Option<String> {
+        config.hot_wallet.as_ref().map(key_hex)
+    }
+    fn chain_id(verified: &VerifiedEvm) -> u64 {
+        verified.chain_id
+    }
+    async fn watch(state: &AppState, tenant_id: &str, config: &EvmConfig) {
+        check_gas(state, tenant_id, config).await;
+    }
+}
+
+impl ServerRail for TempoRail {
+    const METHOD: &'static str = "tempo";
+    const SECRET_FIELD: &'static str = "feePayerKey";
+    const DERIVED_FIELD: &'static str = "feePayerAddress";
+    type Settings = TempoSettings;
+
+    fn of(state: &AppState) -> &Self {
+        &state.rails.tempo
+    }
+    fn cache(state: &AppState) -> &TtlCache<String, Option<Arc<TempoConfig>>> {
+        &state.caches.tempo_configs
+    }
+    fn open(settings: TempoSettings, secret: Option<&str>) -> Result<TempoConfig, ConfigError> {
+        TempoConfig::new(settings, secret)
+    }
+    fn settings(config: &TempoConfig) -> &TempoSettings {
+        &config.settings
+    }
+    fn secret(config: &TempoConfig) -> Option<String> {
+        config.fee_payer.as_ref().map(key_hex)
+    }
+    fn chain_id(verified: &VerifiedTempo) -> u64 {
+        verified.chain_id
+    }
+    async fn watch(state: &AppState, tenant_id: &str, config: &TempoConfig) {
+        check_fee_payer(state, tenant_id, config).await;
+    }
 }
 
 /// The row context a sealed secret is bound to.
@@ -67,36 +162,79 @@ pub fn sealed_context(tenant_id: &str, method: &str) -> String {
     format!("{tenant_id}/{method}")
 }
 
+/// Seal a rail's secret for storage: `{"<SECRET_FIELD>": key}` under the row's context.
+pub fn seal_secret<R: ServerRail>(
+    state: &AppState,
+    tenant_id: &str,
+    key: &str,
+) -> Result<Option<String>, ApiError> {
+    let Some(secrets_key) = state.config.secrets_key.as_ref() else {
+        return Ok(None);
+    };
+    let mut secrets = Map::new();
+    secrets.insert(R::SECRET_FIELD.into(), Value::from(key));
+    let plain = serde_json::to_vec(&secrets).map_err(|_| ApiError::internal())?;
+    secrets_key
+        .seal(&plain, &sealed_context(tenant_id, R::METHOD))
+        .map(Some)
+        .map_err(|_| ApiError::internal())
+}
+
 /// A tenant's `evm` configuration, or `None` when it has none (cached briefly).
 pub async fn evm_config(
     state: &AppState,
     tenant_id: &str,
 ) -> Result<Option<Arc<EvmConfig>>, ApiError> {
+    rail_config::<EvmRail>(state, tenant_id).await
+}
+
+/// A tenant's `tempo` configuration, or `None` when it has none (cached briefly).
+pub async fn tempo_config(
+    state: &AppState,
+    tenant_id: &str,
+) -> Result<Option<Arc<TempoConfig>>, ApiError> {
+    rail_config::<TempoRail>(state, tenant_id).await
+}
+
+/// A tenant's configuration of rail `R`, or `None` when it has none (cached briefly).
+pub async fn rail_config<R: ServerRail>(
+    state: &AppState,
+    tenant_id: &str,
+) -> Result<Option<Arc<R::Config>>, ApiError> {
     let key = tenant_id.to_owned();
-    if let Some(config) = state.caches.evm_configs.get(&key) {
+    if let Some(config) = R::cache(state).get(&key) {
         return Ok(config);
     }
-    let config = match state.store.rail_config(tenant_id, "evm").await? {
+    let config = match state.store.rail_config(tenant_id, R::METHOD).await? {
         None => None,
-        Some(row) => Some(Arc::new(open_evm_config(state, &row)?)),
+        Some(row) => Some(Arc::new(open_config::<R>(state, &row)?)),
     };
-    state.caches.evm_configs.insert(key, config.clone());
+    R::cache(state).insert(key, config.clone());
     Ok(config)
 }
 
 /// Parse a stored `evm` configuration and open its secrets.
-pub fn open_evm_config(
+pub fn open_evm_config(state: &AppState, row: &RailConfigRow) -> Result<EvmConfig, ApiError> {
+    open_config::<EvmRail>(state, row)
+}
+
+/// Parse a stored configuration of rail `R` and open its secret.
+pub fn open_config<R: ServerRail>(
     state: &AppState,
-    row: &turnpike_store::RailConfigRow,
-) -> Result<EvmConfig, ApiError> {
+    row: &RailConfigRow,
+) -> Result<R::Config, ApiError> {
     let broken = |what: &str| {
-        tracing::error!(tenant = %row.tenant_id, what, "a stored evm rail configuration is unusable");
-        ApiError::unavailable("this merchant's evm rail configuration is unusable")
+        tracing::error!(tenant = %row.tenant_id, method = R::METHOD, what,
+            "a stored rail configuration is unusable");
+        ApiError::unavailable(format!(
+            "this merchant's {} rail configuration is unusable",
+            R::METHOD
+        ))
     };
-    let settings: EvmSettings =
+    let settings: R::Settings =
         serde_json::from_str(&row.settings).map_err(|_| broken("settings"))?;
-    let secrets = match &row.sealed {
-        None => EvmSecrets::default(),
+    let secret = match &row.sealed {
+        None => None,
         Some(sealed) => {
             let key = state
                 .config
@@ -106,10 +244,15 @@ pub fn open_evm_config(
             let plain = key
                 .open(sealed, &sealed_context(&row.tenant_id, &row.method))
                 .map_err(|_| broken("secrets do not open"))?;
-            serde_json::from_slice(&plain).map_err(|_| broken("secrets"))?
+            let secrets: Map<String, Value> =
+                serde_json::from_slice(&plain).map_err(|_| broken("secrets"))?;
+            secrets
+                .get(R::SECRET_FIELD)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
         }
     };
-    EvmConfig::new(settings, secrets.hot_wallet_key.as_deref()).map_err(|_| broken("validation"))
+    R::open(settings, secret.as_deref()).map_err(|_| broken("validation"))
 }
 
 /// The price as a rail sees it.
@@ -143,17 +286,41 @@ pub enum Outcome {
     Refused(Rejection),
 }
 
-/// Settle a verified `evm` credential: claim its challenge and proof, prepare and record the
-/// submission, submit it, and book it once it is final.
-pub async fn settle_evm(
+/// Settle a verified credential on rail `R`: claim its challenge and proof, prepare and record
+/// the submission, submit it, and book it once it is final. A zero amount (a `tempo` proof)
+/// moves nothing: the payment is claimed as settled at once, with nothing booked.
+pub async fn settle_on<R: ServerRail>(
     state: &AppState,
-    config: &EvmConfig,
+    config: &R::Config,
     mut row: PaymentRow,
-    verified: &turnpike_rails::evm::VerifiedEvm,
+    verified: &R::Verified,
 ) -> Result<Outcome, ApiError> {
-    let rail = &state.rails.evm;
-    row.state = "claimed".to_owned();
+    let rail = R::of(state);
     row.payer_tenant_id = None;
+    if row.amount == "0" {
+        let prepared = match rail.prepare(config, verified).await {
+            Ok(prepared) => prepared,
+            Err(PrepareError::Rejected(rejection)) => return Ok(Outcome::Refused(rejection)),
+            Err(PrepareError::Unavailable(why)) => {
+                return Err(ApiError::unavailable(format!(
+                    "the {} rail is unavailable; nothing was charged ({why})",
+                    R::METHOD
+                )));
+            }
+        };
+        row.state = "settled".to_owned();
+        row.reference = Some(prepared.reference.clone());
+        if !state.store.claim_payment(&row).await? {
+            return Ok(Outcome::Taken);
+        }
+        tracing::info!(payment = %row.id, tenant = %row.tenant_id, method = R::METHOD,
+            "zero-amount payment proven");
+        return Ok(Outcome::Paid {
+            payment_id: row.id,
+            reference: prepared.reference,
+        });
+    }
+    row.state = "claimed".to_owned();
     if !state.store.claim_payment(&row).await? {
         return Ok(Outcome::Taken);
     }
@@ -165,9 +332,10 @@ pub async fn settle_evm(
             return match err {
                 PrepareError::Rejected(rejection) => Ok(Outcome::Refused(rejection)),
                 PrepareError::Unavailable(why) => {
-                    tracing::warn!(payment = %payment_id, reason = %why, "evm rail unavailable");
+                    tracing::warn!(payment = %payment_id, method = R::METHOD, reason = %why, "rail unavailable");
                     Err(ApiError::unavailable(format!(
-                        "the evm rail is unavailable; nothing was charged ({why})"
+                        "the {} rail is unavailable; nothing was charged ({why})",
+                        R::METHOD
                     )))
                 }
             };
@@ -291,13 +459,22 @@ pub async fn book(state: &AppState, row: &PaymentRow, reference: &str) -> Result
     }
 }
 
-/// One resolver pass over the `evm` payments not settled yet; returns how many it finished.
+/// One resolver pass over every rail's payments not settled yet; returns how many it finished.
 pub async fn resolve_once(state: &AppState) -> Result<usize, ApiError> {
+    Ok(resolve_rail::<EvmRail>(state).await? + resolve_rail::<TempoRail>(state).await?)
+}
+
+/// One resolver pass over rail `R`'s payments not settled yet.
+pub async fn resolve_rail<R: ServerRail>(state: &AppState) -> Result<usize, ApiError> {
     let now_ms = state.now_ms();
     let mut finished = 0;
     let candidates = state
         .store
-        .unsettled_payments("evm", now_ms - PENDING_RESOLVE_AFTER_MS, RESOLVE_BATCH_MAX)
+        .unsettled_payments(
+            R::METHOD,
+            now_ms - PENDING_RESOLVE_AFTER_MS,
+            RESOLVE_BATCH_MAX,
+        )
         .await?;
     for unsettled in candidates {
         let row = &unsettled.payment;
@@ -315,13 +492,12 @@ pub async fn resolve_once(state: &AppState) -> Result<usize, ApiError> {
             tracing::error!(payment = %row.id, "unreadable settlement record; left for an operator");
             continue;
         };
-        let Some(config) = evm_config(state, &row.tenant_id).await? else {
-            tracing::warn!(payment = %row.id, "pending evm payment but the tenant has no evm rail any more");
+        let Some(config) = rail_config::<R>(state, &row.tenant_id).await? else {
+            tracing::warn!(payment = %row.id, method = R::METHOD,
+                "pending payment but the tenant has no such rail any more");
             continue;
         };
-        let settlement = state
-            .rails
-            .evm
+        let settlement = R::of(state)
             .resolve(&config, &prepared, now_ms.div_euclid(1000))
             .await;
         if settlement == Settlement::Pending {
@@ -334,14 +510,51 @@ pub async fn resolve_once(state: &AppState) -> Result<usize, ApiError> {
     Ok(finished)
 }
 
-/// One gas pass: read every `evm` hot wallet's balance.
+/// One gas pass: read every `evm` hot wallet's native balance and every `tempo` fee payer's
+/// fee-token balance.
 pub async fn check_gas_once(state: &AppState) -> Result<(), ApiError> {
-    for row in state.store.rail_configs("evm", GAS_CHECK_BATCH_MAX).await? {
-        if let Ok(config) = open_evm_config(state, &row) {
-            check_gas(state, &row.tenant_id, &config).await;
+    watch_all::<EvmRail>(state).await?;
+    watch_all::<TempoRail>(state).await
+}
+
+async fn watch_all<R: ServerRail>(state: &AppState) -> Result<(), ApiError> {
+    for row in state
+        .store
+        .rail_configs(R::METHOD, GAS_CHECK_BATCH_MAX)
+        .await?
+    {
+        if let Ok(config) = open_config::<R>(state, &row) {
+            R::watch(state, &row.tenant_id, &config).await;
         }
     }
     Ok(())
+}
+
+/// Read one fee payer's balance: below its floor, `tempo` is not offered and the alert metric
+/// is raised.
+pub async fn check_fee_payer(state: &AppState, tenant_id: &str, config: &TempoConfig) {
+    match state.rails.tempo.refresh_fee_balance(config).await {
+        Ok(Some(balance)) => {
+            let low = state.rails.tempo.fee_low(config);
+            if low {
+                tracing::warn!(tenant = %tenant_id, chain_id = config.settings.chain_id,
+                    "tempo fee payer below its floor: tempo challenges are not offered");
+            }
+            if let Some(address) = config.settings.fee_payer_address {
+                state.gas.record_fee_payer(
+                    tenant_id,
+                    config.settings.chain_id,
+                    address,
+                    balance,
+                    low,
+                );
+            }
+        }
+        Ok(None) => {}
+        Err(err) => {
+            tracing::warn!(tenant = %tenant_id, error = %err, "reading the fee payer's balance failed");
+        }
+    }
 }
 
 /// Read one hot wallet's balance: below its floor, `evm` is not offered and the alert metric
@@ -391,13 +604,30 @@ pub fn spawn_jobs(state: AppState) {
 /// (tenant, chain id, hot wallet address) → (balance in wei, below the floor).
 type GasMap = std::collections::BTreeMap<(String, u64, String), (String, bool)>;
 
-/// The last gas reading of each hot wallet, for `/metrics`.
+/// The last gas reading of each hot wallet and fee payer, for `/metrics`.
 #[derive(Debug, Default)]
 pub struct GasReadings {
     readings: std::sync::Mutex<GasMap>,
+    fee_payers: std::sync::Mutex<GasMap>,
 }
 
 impl GasReadings {
+    fn record_fee_payer(
+        &self,
+        tenant_id: &str,
+        chain_id: u64,
+        address: alloy::primitives::Address,
+        balance: alloy::primitives::U256,
+        low: bool,
+    ) {
+        if let Ok(mut map) = self.fee_payers.lock() {
+            map.insert(
+                (tenant_id.to_owned(), chain_id, address.to_string()),
+                (balance.to_string(), low),
+            );
+        }
+    }
+
     fn record(
         &self,
         tenant_id: &str,
@@ -420,8 +650,35 @@ impl GasReadings {
         }
     }
 
-    /// Prometheus text lines: `turnpike_evm_hot_wallet_low` (the alert) and the balance.
+    /// Prometheus text lines: `turnpike_evm_hot_wallet_low` and
+    /// `turnpike_tempo_fee_payer_low` (the alerts) and the balances.
     pub fn metrics(&self) -> String {
+        let mut out = self.evm_metrics();
+        out.push_str(
+            "# HELP turnpike_tempo_fee_payer_low 1 when a tempo fee payer is below its floor (tempo is not offered).\n\
+             # TYPE turnpike_tempo_fee_payer_low gauge\n",
+        );
+        let mut balances = String::from(
+            "# HELP turnpike_tempo_fee_payer_balance The fee payer's fee-token balance (base units) at the last check.\n\
+             # TYPE turnpike_tempo_fee_payer_balance gauge\n",
+        );
+        if let Ok(map) = self.fee_payers.lock() {
+            for ((tenant, chain, address), (balance, low)) in map.iter() {
+                let labels =
+                    format!("tenant=\"{tenant}\",chain_id=\"{chain}\",address=\"{address}\"");
+                out.push_str(&format!(
+                    "turnpike_tempo_fee_payer_low{{{labels}}} {}\n",
+                    u8::from(*low)
+                ));
+                balances.push_str(&format!(
+                    "turnpike_tempo_fee_payer_balance{{{labels}}} {balance}\n"
+                ));
+            }
+        }
+        out + &balances
+    }
+
+    fn evm_metrics(&self) -> String {
         let mut out = String::from(
             "# HELP turnpike_evm_hot_wallet_low 1 when an evm hot wallet is below its gas floor (evm is not offered).\n\
              # TYPE turnpike_evm_hot_wallet_low gauge\n",

@@ -123,6 +123,8 @@ pub struct Caches {
     pub token_limits: TtlCache<String, Option<Arc<turnpike_policy::policy::CompiledTokenLimits>>>,
     /// Tenants' `evm` rail configurations (secrets opened).
     pub evm_configs: TtlCache<String, Option<Arc<turnpike_rails::evm::EvmConfig>>>,
+    /// Tenants' `tempo` rail configurations (secrets opened).
+    pub tempo_configs: TtlCache<String, Option<Arc<turnpike_rails::tempo::TempoConfig>>>,
 }
 
 impl Caches {
@@ -139,6 +141,7 @@ impl Caches {
             token_limits: TtlCache::new(Duration::from_secs(3_600), CACHE_ENTRIES_MAX),
             token_rows: TtlCache::new(Duration::from_secs(60), CACHE_ENTRIES_MAX),
             evm_configs: TtlCache::new(CACHE_TTL, CACHE_ENTRIES_MAX),
+            tempo_configs: TtlCache::new(CACHE_TTL, CACHE_ENTRIES_MAX),
         }
     }
 }

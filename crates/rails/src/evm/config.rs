@@ -91,11 +91,14 @@ pub struct EvmSettings {
 }
 
 /// Addresses are written EIP-55 checksummed (as in challenges).
-fn checksummed<S: serde::Serializer>(address: &Address, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn checksummed<S: serde::Serializer>(
+    address: &Address,
+    s: S,
+) -> Result<S::Ok, S::Error> {
     s.serialize_str(&address.to_checksum(None))
 }
 
-fn checksummed_opt<S: serde::Serializer>(
+pub(crate) fn checksummed_opt<S: serde::Serializer>(
     address: &Option<Address>,
     s: S,
 ) -> Result<S::Ok, S::Error> {
@@ -261,12 +264,12 @@ impl EvmConfig {
     }
 }
 
-fn url_scheme(url: &str) -> Option<&str> {
+pub(crate) fn url_scheme(url: &str) -> Option<&str> {
     let (scheme, rest) = url.split_once("://")?;
     (!rest.is_empty() && !rest.starts_with('/')).then_some(scheme)
 }
 
-pub(super) fn valid_currency(code: &str) -> bool {
+pub(crate) fn valid_currency(code: &str) -> bool {
     (1..=16).contains(&code.len())
         && code
             .bytes()

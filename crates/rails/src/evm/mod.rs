@@ -5,7 +5,7 @@
 //! by the caller, the transfer is prepared (signed, its hash known), recorded, submitted, and
 //! counted only after a successful receipt with the configured confirmations.
 
-mod config;
+pub(crate) mod config;
 mod payer;
 mod payload;
 mod settle;

@@ -22,7 +22,7 @@ use turnpike_protocol::Credential;
 
 use super::payload::{VerifiedEvm, VerifiedKind, verify_credential};
 use super::{EvmConfig, METHOD, charge_request};
-use crate::rpc::{self, Broadcast, Providers, ReceiptState};
+use crate::rpc::{self, Broadcast, Providers, ReceiptState, Submitted, short};
 use crate::{
     ChallengeFacts, PrepareError, Prepared, PriceTerms, Rail, Rejection, Settlement, Unavailable,
 };
@@ -99,10 +99,6 @@ pub(crate) mod abi {
     }
 }
 
-/// How long a submission waits for its receipt before it is left `Pending`.
-pub const SUBMIT_WAIT_MS: u64 = 20_000;
-/// How long a `hash` credential's transaction may take to appear before it is refused.
-pub const HASH_APPEAR_WAIT_MS: u64 = 3_000;
 /// Gas limit headroom over the estimate, in percent.
 pub const GAS_HEADROOM_PCT: u64 = 25;
 
@@ -441,12 +437,6 @@ fn to_prepared(recorded: &Recorded) -> Prepared {
     }
 }
 
-/// At most 200 characters of a node's message (it never holds credential bytes, but it is
-/// foreign text).
-fn short(message: &str) -> String {
-    message.chars().take(200).collect()
-}
-
 #[async_trait]
 impl Rail for EvmRail {
     type Config = EvmConfig;
@@ -562,37 +552,35 @@ impl Rail for EvmRail {
         let Ok(provider) = self.provider(config) else {
             return Settlement::Pending;
         };
-        let confirmations = config.settings.confirmations;
-        if let Some(raw) = &recorded.raw {
-            match rpc::broadcast(&provider, raw).await {
-                Broadcast::Accepted | Broadcast::Unknown => {}
-                Broadcast::Rejected(message) => {
-                    if let Some(sender) = recorded.sender
-                        && matches!(recorded.kind.as_str(), "authorization" | "permit2")
-                    {
-                        self.reset_nonce(config.settings.chain_id, sender);
-                    }
-                    return Settlement::Failed(Rejection::failed(format!(
-                        "the chain refused the transaction: {}",
-                        short(&message)
-                    )));
+        let submitted = rpc::submit_and_wait(
+            &provider,
+            recorded.raw.as_ref(),
+            recorded.hash,
+            config.settings.confirmations,
+        )
+        .await;
+        match submitted {
+            Submitted::Refused(message) => {
+                if let Some(sender) = recorded.sender
+                    && matches!(recorded.kind.as_str(), "authorization" | "permit2")
+                {
+                    self.reset_nonce(config.settings.chain_id, sender);
                 }
+                Settlement::Failed(Rejection::failed(format!(
+                    "the chain refused the transaction: {}",
+                    short(&message)
+                )))
             }
-        } else {
-            // A `hash`: the client broadcast it; give it a moment to be mined.
-            let state = rpc::wait_receipt(&provider, recorded.hash, 1, HASH_APPEAR_WAIT_MS).await;
-            if matches!(state, ReceiptState::NotFound) {
-                return Settlement::Failed(Rejection::failed("no mined transaction has this hash"));
+            Submitted::NotMined => {
+                Settlement::Failed(Rejection::failed("no mined transaction has this hash"))
             }
-        }
-        let state =
-            rpc::wait_receipt(&provider, recorded.hash, confirmations, SUBMIT_WAIT_MS).await;
-        match state {
-            ReceiptState::Reverted => {
+            Submitted::Reverted => {
                 Settlement::Failed(Rejection::failed("the transaction reverted"))
             }
-            ReceiptState::Confirmed(_) => Self::settled_if_paid(&recorded, &state),
-            _ => Settlement::Pending,
+            Submitted::Confirmed(receipt) => {
+                Self::settled_if_paid(&recorded, &ReceiptState::Confirmed(receipt))
+            }
+            Submitted::Unknown => Settlement::Pending,
         }
     }
 

@@ -1,4 +1,5 @@
-//! The `tempo` charge rail (`draft-tempo-charge-00`, digest §5): pure verification, no I/O.
+//! The `tempo` charge rail (`draft-tempo-charge-00`, digest §5): verification without I/O in the
+//! modules below, and [`TempoRail`] (the [`crate::Rail`]) that settles through [`crate::rpc`].
 //!
 //! A caller decodes the challenge's `request` into a [`ChargeRequest`], validates it into a
 //! [`Charge`], and then, by credential type:
@@ -21,25 +22,32 @@
 //! `tempo-primitives` crate (tempoxyz/tempo); see [`transaction`].
 
 pub mod attribution;
+pub mod config;
 mod error;
 pub mod fee_payer;
 mod matching;
 pub mod proof;
+mod rail;
 pub mod receipt_logs;
 pub mod request;
 pub mod transaction;
 
 use alloy::primitives::{B256, FixedBytes, b256};
 
+pub use config::{TempoConfig, TempoSettings, TempoToken};
 pub use error::TempoError;
 pub use fee_payer::{CosignedTransaction, SponsorPolicy, cosign_fee_payer, sign_for_sponsor};
 pub use matching::{ChallengeRef, Transfer};
 pub use proof::{ProofVersion, verify_proof};
+pub use rail::{TempoRail, VerifiedTempo, VerifiedTempoKind, charge_request};
 pub use receipt_logs::{VerifiedReceipt, verify_hash_receipt, verify_receipt_logs};
 pub use request::{Charge, ChargeRequest, MethodDetails, Split, SubmissionMode};
 /// The Tempo transaction types this module speaks, for callers that build transactions.
 pub use tempo_primitives;
 pub use transaction::{SignatureKind, VerifiedTransaction, verify_transaction};
+
+/// The method name.
+pub const METHOD: &str = "tempo";
 
 /// Tempo mainnet.
 pub const CHAIN_ID_MAINNET: u64 = 4217;
@@ -67,6 +75,7 @@ alloy::sol! {
     interface ITip20Payments {
         function transfer(address to, uint256 amount) external returns (bool);
         function transferWithMemo(address to, uint256 amount, bytes32 memo) external;
+        function balanceOf(address account) external view returns (uint256);
         event Transfer(address indexed from, address indexed to, uint256 amount);
         event TransferWithMemo(address indexed from, address indexed to, uint256 amount, bytes32 indexed memo);
     }

@@ -13,6 +13,7 @@ use axum::routing::get;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use turnpike_rails::evm::EvmConfig;
+use turnpike_rails::tempo::TempoConfig;
 use turnpike_store::TenantRow;
 
 use super::gateway;
@@ -86,7 +87,12 @@ async fn document_for(state: &AppState, slug: &str) -> ApiResult<Value> {
     let prices = pipeline::prices(state, &tenant.id).await?;
     let server_url = format!("{}/gw/{}", state.config.public_url, tenant.slug);
     let evm = crate::rails::evm_config(state, &tenant.id).await?;
-    document(&tenant, &server_url, &prices, evm.as_deref()).ok_or_else(|| {
+    let tempo = crate::rails::tempo_config(state, &tenant.id).await?;
+    let rails = RailConfigs {
+        evm: evm.as_deref(),
+        tempo: tempo.as_deref(),
+    };
+    document(&tenant, &server_url, &prices, rails).ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "not-found",
@@ -96,12 +102,24 @@ async fn document_for(state: &AppState, slug: &str) -> ApiResult<Value> {
 }
 
 /// The offer's `currency` for `method`: what its challenge's `currency` will be (the token's
-/// address for `evm`, the price's currency code otherwise).
-pub fn offer_currency(method: &str, def: &PriceDefinition, evm: Option<&EvmConfig>) -> String {
-    match (method, evm.and_then(|config| config.token(&def.currency))) {
-        ("evm", Some(token)) => token.address.to_checksum(None),
+/// address for `evm` and `tempo`, the price's currency code otherwise).
+pub fn offer_currency(method: &str, def: &PriceDefinition, rails: RailConfigs<'_>) -> String {
+    let evm = rails.evm.and_then(|config| config.token(&def.currency));
+    let tempo = rails.tempo.and_then(|config| config.token(&def.currency));
+    match (method, evm, tempo) {
+        ("evm", Some(token), _) => token.address.to_checksum(None),
+        ("tempo", _, Some(token)) => token.address.to_checksum(None),
         _ => def.currency.clone(),
     }
+}
+
+/// The tenant's outside-rail configurations an offer's `currency` depends on.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RailConfigs<'a> {
+    /// `evm`.
+    pub evm: Option<&'a EvmConfig>,
+    /// `tempo`.
+    pub tempo: Option<&'a TempoConfig>,
 }
 
 /// The discovery document of `tenant`'s gateway at `server_url`, or `None` when no route is
@@ -110,9 +128,9 @@ pub fn document(
     tenant: &TenantRow,
     server_url: &str,
     prices: &[PriceRef],
-    evm: Option<&EvmConfig>,
+    rails: RailConfigs<'_>,
 ) -> Option<Value> {
-    let paths = paths(prices, evm);
+    let paths = paths(prices, rails);
     if paths.is_empty() {
         return None;
     }
@@ -159,7 +177,7 @@ fn shape(path: &str) -> String {
 /// The `paths` object: per shape and operation, the price the gateway would charge for a
 /// request of that shape (the most specific; the first created on a tie, as
 /// [`pipeline::find_price`] picks), kept when it has an upstream.
-fn paths(prices: &[PriceRef], evm: Option<&EvmConfig>) -> Map<String, Value> {
+fn paths(prices: &[PriceRef], rails: RailConfigs<'_>) -> Map<String, Value> {
     let mut by_shape: BTreeMap<String, Vec<&PriceRef>> = BTreeMap::new();
     for price in prices {
         by_shape
@@ -191,7 +209,7 @@ fn paths(prices: &[PriceRef], evm: Option<&EvmConfig>) -> Map<String, Value> {
             }
             let (path, names) =
                 template.get_or_insert_with(|| path_template(&price.definition.route.path));
-            let operation = operation(op, &price.definition, names, evm);
+            let operation = operation(op, &price.definition, names, rails);
             items
                 .entry(path.clone())
                 .or_default()
@@ -231,7 +249,7 @@ fn path_template(path: &str) -> (String, Vec<String>) {
 }
 
 /// One operation: its parameters, body, responses and offers.
-fn operation(op: &str, def: &PriceDefinition, names: &[String], evm: Option<&EvmConfig>) -> Value {
+fn operation(op: &str, def: &PriceDefinition, names: &[String], rails: RailConfigs<'_>) -> Value {
     let mut operation = Map::new();
     if let Some(description) = &def.description {
         operation.insert("summary".into(), json!(description));
@@ -283,13 +301,13 @@ fn operation(op: &str, def: &PriceDefinition, names: &[String], evm: Option<&Evm
             },
         }),
     );
-    operation.insert("x-payment-info".into(), payment_info(def, evm));
+    operation.insert("x-payment-info".into(), payment_info(def, rails));
     Value::Object(operation)
 }
 
 /// `x-payment-info` in the multi-offer form: one offer per accepted method, in the price's
 /// order of preference.
-fn payment_info(def: &PriceDefinition, evm: Option<&EvmConfig>) -> Value {
+fn payment_info(def: &PriceDefinition, rails: RailConfigs<'_>) -> Value {
     let offers: Vec<Value> = def
         .methods
         .iter()
@@ -298,7 +316,7 @@ fn payment_info(def: &PriceDefinition, evm: Option<&EvmConfig>) -> Value {
             offer.insert("intent".into(), json!(def.intent));
             offer.insert("method".into(), json!(method));
             offer.insert("amount".into(), json!(def.amount));
-            offer.insert("currency".into(), json!(offer_currency(method, def, evm)));
+            offer.insert("currency".into(), json!(offer_currency(method, def, rails)));
             if let Some(description) = &def.description {
                 offer.insert("description".into(), json!(description));
             }
@@ -371,7 +389,7 @@ mod tests {
             price("p6", "GET", "/openapi.json", true),
             price("p7", "POST", "/openapi.json", true),
         ];
-        let paths = paths(&prices, None);
+        let paths = paths(&prices, RailConfigs::default());
         assert_eq!(
             paths.keys().collect::<Vec<_>>(),
             ["/files/{name}", "/openapi.json"]
@@ -404,7 +422,7 @@ mod tests {
                 &tenant,
                 "http://t/gw/shop",
                 &[price("p", "GET", "/a", false)],
-                None
+                RailConfigs::default()
             )
             .is_none()
         );
@@ -412,14 +430,14 @@ mod tests {
             &tenant,
             "http://t/gw/shop",
             &[price("p", "GET", "/a", true)],
-            None,
+            RailConfigs::default(),
         )
         .unwrap();
         let two = document(
             &tenant,
             "http://t/gw/shop",
             &[price("p", "GET", "/b", true)],
-            None,
+            RailConfigs::default(),
         )
         .unwrap();
         assert_eq!(one["info"]["title"], "Shop");

@@ -1,6 +1,6 @@
-//! Rail configuration: `PUT/GET/DELETE /v1/rails/{method}` (tenant key). Secrets in the body
-//! (`hotWalletKey`) are sealed at rest and never returned; the response shows the hot wallet's
-//! address instead.
+//! Rail configuration: `PUT/GET/DELETE /v1/rails/{method}` (tenant key), for `evm` and `tempo`
+//! through the same code ([`ServerRail`]). The secret in the body (`hotWalletKey`,
+//! `feePayerKey`) is sealed at rest and never returned; the response shows its address instead.
 
 use axum::Router;
 use axum::body::Bytes;
@@ -8,12 +8,12 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::put;
 use serde_json::{Map, Value, json};
-use turnpike_rails::evm::{EvmConfig, EvmSettings};
+use turnpike_rails::{EvmRail, TempoRail};
 
 use super::rfc3339;
 use crate::auth::TenantAuth;
 use crate::error::{ApiError, ApiResult};
-use crate::rails::{EvmSecrets, open_evm_config, sealed_context};
+use crate::rails::{ServerRail, open_config, seal_secret};
 use crate::state::AppState;
 
 /// `/v1/rails/{method}`.
@@ -22,7 +22,7 @@ pub fn router() -> Router<AppState> {
 }
 
 /// The rails a tenant can configure.
-pub const CONFIGURABLE_RAILS: &[&str] = &["evm"];
+pub const CONFIGURABLE_RAILS: &[&str] = &["evm", "tempo"];
 
 fn known(method: &str) -> ApiResult<()> {
     if CONFIGURABLE_RAILS.contains(&method) {
@@ -47,31 +47,48 @@ async fn upsert(
     body: Bytes,
 ) -> ApiResult<(StatusCode, axum::Json<Value>)> {
     known(&method)?;
-    let mut object: Map<String, Value> = match serde_json::from_slice(&body) {
+    let object: Map<String, Value> = match serde_json::from_slice(&body) {
         Ok(Value::Object(map)) => map,
         Ok(_) => return Err(ApiError::invalid("the body must be a JSON object")),
         Err(err) => return Err(ApiError::invalid(format!("invalid JSON body: {err}"))),
     };
-    if object.remove("hotWalletAddress").is_some() {
-        return Err(ApiError::invalid(
-            "`hotWalletAddress` is read only: set `hotWalletKey` instead",
-        ));
+    match method.as_str() {
+        "evm" => upsert_rail::<EvmRail>(auth, state, object).await,
+        _ => upsert_rail::<TempoRail>(auth, state, object).await,
+    }
+}
+
+async fn upsert_rail<R: ServerRail>(
+    auth: TenantAuth,
+    state: AppState,
+    mut object: Map<String, Value>,
+) -> ApiResult<(StatusCode, axum::Json<Value>)> {
+    let method = R::METHOD;
+    if object.remove(R::DERIVED_FIELD).is_some() {
+        return Err(ApiError::invalid(format!(
+            "`{}` is read only: set `{}` instead",
+            R::DERIVED_FIELD,
+            R::SECRET_FIELD
+        )));
     }
     let tenant_id = auth.tenant.id.clone();
-    let existing = state.store.rail_config(&tenant_id, &method).await?;
-    // `hotWalletKey`: a new key; `null` removes it; omitted keeps the current one.
-    let key = match object.remove("hotWalletKey") {
+    let existing = state.store.rail_config(&tenant_id, method).await?;
+    // The secret: a new key; `null` removes it; omitted keeps the current one.
+    let key = match object.remove(R::SECRET_FIELD) {
         Some(Value::String(key)) => Some(key),
         Some(Value::Null) => None,
-        Some(_) => return Err(ApiError::invalid("`hotWalletKey` must be a string")),
+        Some(_) => {
+            return Err(ApiError::invalid(format!(
+                "`{}` must be a string",
+                R::SECRET_FIELD
+            )));
+        }
         None => match existing.as_ref() {
-            Some(row) => open_evm_config(&state, row)?
-                .hot_wallet
-                .map(|w| format!("0x{}", alloy::hex::encode(w.to_bytes()))),
+            Some(row) => R::secret(&open_config::<R>(&state, row)?),
             None => None,
         },
     };
-    let settings: EvmSettings =
+    let settings: R::Settings =
         serde_path_to_error::deserialize(Value::Object(object)).map_err(|err| {
             let path = err.path().to_string();
             let inner = err.into_inner();
@@ -81,47 +98,40 @@ async fn upsert(
                 ApiError::invalid(format!("invalid rail configuration at `{path}`: {inner}"))
             }
         })?;
-    let config = EvmConfig::new(settings, key.as_deref())
-        .map_err(|err| ApiError::invalid(err.to_string()))?;
+    let config =
+        R::open(settings, key.as_deref()).map_err(|err| ApiError::invalid(err.to_string()))?;
     let sealed = match &key {
         None => None,
-        Some(key) => {
-            let secrets_key = state.config.secrets_key.as_ref().ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::CONFLICT,
-                    "secrets-key-missing",
-                    "this server has no TURNPIKE_SECRETS_KEY, so it cannot keep a hot wallet key; \
+        Some(key) => Some(seal_secret::<R>(&state, &tenant_id, key)?.ok_or_else(|| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "secrets-key-missing",
+                format!(
+                    "this server has no TURNPIKE_SECRETS_KEY, so it cannot keep `{}`; \
                      ask the operator to set one",
-                )
-            })?;
-            let secrets = EvmSecrets {
-                hot_wallet_key: Some(key.clone()),
-            };
-            let plain = serde_json::to_vec(&secrets).map_err(|_| ApiError::internal())?;
-            Some(
-                secrets_key
-                    .seal(&plain, &sealed_context(&tenant_id, &method))
-                    .map_err(|_| ApiError::internal())?,
+                    R::SECRET_FIELD
+                ),
             )
-        }
+        })?),
     };
     let settings_text =
-        serde_json::to_string(&config.settings).map_err(|_| ApiError::internal())?;
+        serde_json::to_string(R::settings(&config)).map_err(|_| ApiError::internal())?;
     let now_ms = state.now_ms();
     let version = state
         .store
         .put_rail_config(
             &tenant_id,
-            &method,
+            method,
             &settings_text,
             sealed.as_deref(),
             now_ms,
         )
         .await?;
-    state.caches.evm_configs.remove(&tenant_id);
+    R::cache(&state).remove(&tenant_id);
     state.caches.prices.remove(&tenant_id);
-    // Read the new hot wallet's gas now, so a dry wallet is not offered until the next pass.
-    crate::rails::check_gas(&state, &tenant_id, &config).await;
+    // Read the new hot wallet's gas or fee payer's balance now, so a dry one is not offered
+    // until the next pass.
+    R::watch(&state, &tenant_id, &config).await;
     let status = if version == 1 {
         StatusCode::CREATED
     } else {
@@ -129,7 +139,7 @@ async fn upsert(
     };
     Ok((
         status,
-        axum::Json(rail_json(&settings_text, version, now_ms, &method)?),
+        axum::Json(rail_json(&settings_text, version, now_ms, method)?),
     ))
 }
 
@@ -166,5 +176,7 @@ async fn remove(
         return Err(ApiError::not_found("rail configuration"));
     }
     state.caches.evm_configs.remove(&auth.tenant.id);
+    state.caches.tempo_configs.remove(&auth.tenant.id);
+    state.caches.prices.remove(&auth.tenant.id);
     Ok(StatusCode::NO_CONTENT)
 }
