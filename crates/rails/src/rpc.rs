@@ -24,6 +24,8 @@ use crate::Unavailable;
 pub const CALL_TIMEOUT_MS: u64 = 5_000;
 /// Interval between receipt polls while waiting.
 pub const POLL_INTERVAL_MS: u64 = 100;
+/// The first pause of [`wait_receipt`]; each next one doubles up to [`POLL_INTERVAL_MS`].
+pub const POLL_FIRST_MS: u64 = 5;
 
 /// Providers by endpoint URL, created once.
 #[derive(Debug, Default)]
@@ -181,6 +183,9 @@ pub async fn wait_receipt(
     wait_ms: u64,
 ) -> ReceiptState {
     let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
+    // A fast chain (or a local one) mines within milliseconds: poll soon, then back off to
+    // POLL_INTERVAL_MS so a slow chain is not asked more than ten times a second.
+    let mut pause_ms = POLL_FIRST_MS;
     loop {
         let state = receipt_state(provider, hash, confirmations).await;
         if matches!(state, ReceiptState::Confirmed(_) | ReceiptState::Reverted)
@@ -188,7 +193,8 @@ pub async fn wait_receipt(
         {
             return state;
         }
-        tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS)).await;
+        tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+        pause_ms = (pause_ms * 2).min(POLL_INTERVAL_MS);
     }
 }
 

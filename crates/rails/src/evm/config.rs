@@ -135,46 +135,17 @@ impl EvmConfig {
         hot_wallet_key: Option<&str>,
     ) -> Result<Self, ConfigError> {
         let err = |s: &str| Err(ConfigError(s.to_owned()));
-        if settings.chain_id == 0 {
-            return err("`chainId` must be a positive EIP-155 chain id");
-        }
-        match url_scheme(&settings.rpc_url) {
-            Some("http" | "https") => {}
-            _ => return err("`rpcUrl` must be an http or https URL"),
-        }
-        if settings.recipient == Address::ZERO {
-            return err("`recipient` must not be the zero address");
-        }
-        if settings.confirmations == 0 || settings.confirmations > CONFIRMATIONS_MAX {
-            return Err(ConfigError(format!(
-                "`confirmations` must be between 1 and {CONFIRMATIONS_MAX}"
-            )));
-        }
-        if settings.tokens.is_empty() || settings.tokens.len() > TOKENS_MAX {
-            return Err(ConfigError(format!(
-                "`tokens` must list 1 to {TOKENS_MAX} tokens"
-            )));
-        }
-        for (i, token) in settings.tokens.iter().enumerate() {
-            if !valid_currency(&token.currency) {
-                return Err(ConfigError(format!(
-                    "`tokens[{i}].currency` must be a lowercase currency code (a-z, 0-9, 1 to 16)"
-                )));
-            }
-            if settings.tokens[..i]
+        check_chain_settings(
+            settings.chain_id,
+            &settings.rpc_url,
+            settings.recipient,
+            settings.confirmations,
+            settings
+                .tokens
                 .iter()
-                .any(|t| t.currency == token.currency)
-            {
-                return Err(ConfigError(format!(
-                    "`tokens[{i}].currency` `{}` is listed twice",
-                    token.currency
-                )));
-            }
-            if token.address == Address::ZERO {
-                return Err(ConfigError(format!(
-                    "`tokens[{i}].address` must not be zero"
-                )));
-            }
+                .map(|t| (t.currency.as_str(), t.address)),
+        )?;
+        for (i, token) in settings.tokens.iter().enumerate() {
             if token.decimals > 36 {
                 return Err(ConfigError(format!(
                     "`tokens[{i}].decimals` must be at most 36"
@@ -262,6 +233,60 @@ impl EvmConfig {
             })
             .collect()
     }
+}
+
+/// The checks every on-chain rail's settings share (`evm`, `tempo`): a chain id, an http(s) RPC
+/// URL, a non-zero recipient, 1 to [`CONFIRMATIONS_MAX`] confirmations, and 1 to [`TOKENS_MAX`]
+/// tokens, each a lowercase ledger currency listed once at a non-zero address. Messages name the
+/// field.
+pub(crate) fn check_chain_settings<'a>(
+    chain_id: u64,
+    rpc_url: &str,
+    recipient: Address,
+    confirmations: u32,
+    tokens: impl ExactSizeIterator<Item = (&'a str, Address)>,
+) -> Result<(), ConfigError> {
+    let err = |s: &str| Err(ConfigError(s.to_owned()));
+    if chain_id == 0 {
+        return err("`chainId` must be a positive EIP-155 chain id");
+    }
+    match url_scheme(rpc_url) {
+        Some("http" | "https") => {}
+        _ => return err("`rpcUrl` must be an http or https URL"),
+    }
+    if recipient == Address::ZERO {
+        return err("`recipient` must not be the zero address");
+    }
+    if confirmations == 0 || confirmations > CONFIRMATIONS_MAX {
+        return Err(ConfigError(format!(
+            "`confirmations` must be between 1 and {CONFIRMATIONS_MAX}"
+        )));
+    }
+    if tokens.len() == 0 || tokens.len() > TOKENS_MAX {
+        return Err(ConfigError(format!(
+            "`tokens` must list 1 to {TOKENS_MAX} tokens"
+        )));
+    }
+    let mut seen: Vec<&str> = Vec::with_capacity(tokens.len());
+    for (i, (currency, address)) in tokens.enumerate() {
+        if !valid_currency(currency) {
+            return Err(ConfigError(format!(
+                "`tokens[{i}].currency` must be a lowercase currency code (a-z, 0-9, 1 to 16)"
+            )));
+        }
+        if seen.contains(&currency) {
+            return Err(ConfigError(format!(
+                "`tokens[{i}].currency` `{currency}` is listed twice"
+            )));
+        }
+        seen.push(currency);
+        if address == Address::ZERO {
+            return Err(ConfigError(format!(
+                "`tokens[{i}].address` must not be zero"
+            )));
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn url_scheme(url: &str) -> Option<&str> {

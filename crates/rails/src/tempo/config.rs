@@ -9,12 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use super::SubmissionMode;
 use crate::evm::ConfigError;
-use crate::evm::config::{checksummed, checksummed_opt, url_scheme, valid_currency};
+use crate::evm::config::{check_chain_settings, checksummed, checksummed_opt};
 
-/// Most tokens one configuration may list.
-pub const TOKENS_MAX: usize = 16;
-/// Most confirmations a tenant may ask for before a payment counts.
-pub const CONFIRMATIONS_MAX: u32 = 64;
+pub use crate::evm::config::{CONFIRMATIONS_MAX, TOKENS_MAX};
 /// The fee payer's floor when none is configured: 1.000000 of the fee token.
 pub const MIN_FEE_BALANCE_DEFAULT: u64 = 1_000_000;
 
@@ -92,47 +89,16 @@ impl TempoConfig {
         fee_payer_key: Option<&str>,
     ) -> Result<Self, ConfigError> {
         let err = |s: &str| Err(ConfigError(s.to_owned()));
-        if settings.chain_id == 0 {
-            return err("`chainId` must be a positive chain id");
-        }
-        match url_scheme(&settings.rpc_url) {
-            Some("http" | "https") => {}
-            _ => return err("`rpcUrl` must be an http or https URL"),
-        }
-        if settings.recipient == Address::ZERO {
-            return err("`recipient` must not be the zero address");
-        }
-        if settings.confirmations == 0 || settings.confirmations > CONFIRMATIONS_MAX {
-            return Err(ConfigError(format!(
-                "`confirmations` must be between 1 and {CONFIRMATIONS_MAX}"
-            )));
-        }
-        if settings.tokens.is_empty() || settings.tokens.len() > TOKENS_MAX {
-            return Err(ConfigError(format!(
-                "`tokens` must list 1 to {TOKENS_MAX} tokens"
-            )));
-        }
-        for (i, token) in settings.tokens.iter().enumerate() {
-            if !valid_currency(&token.currency) {
-                return Err(ConfigError(format!(
-                    "`tokens[{i}].currency` must be a lowercase currency code (a-z, 0-9, 1 to 16)"
-                )));
-            }
-            if settings.tokens[..i]
+        check_chain_settings(
+            settings.chain_id,
+            &settings.rpc_url,
+            settings.recipient,
+            settings.confirmations,
+            settings
+                .tokens
                 .iter()
-                .any(|t| t.currency == token.currency)
-            {
-                return Err(ConfigError(format!(
-                    "`tokens[{i}].currency` `{}` is listed twice",
-                    token.currency
-                )));
-            }
-            if token.address == Address::ZERO {
-                return Err(ConfigError(format!(
-                    "`tokens[{i}].address` must not be zero"
-                )));
-            }
-        }
+                .map(|t| (t.currency.as_str(), t.address)),
+        )?;
         if settings.fee_token == Some(Address::ZERO) {
             return err("`feeToken` must not be the zero address");
         }
