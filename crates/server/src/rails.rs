@@ -21,7 +21,7 @@ use turnpike_ledger::{AccountKind, TransferId, TransferRequest};
 use turnpike_rails::evm::{ConfigError, EvmConfig, EvmSettings, VerifiedEvm};
 use turnpike_rails::tempo::{TempoConfig, TempoRail, TempoSettings, VerifiedTempo};
 use turnpike_rails::{EvmRail, PrepareError, Prepared, PriceTerms, Rail, Rejection, Settlement};
-use turnpike_store::{GuardRefusal, LedgerGuard, PaymentRow, RailConfigRow, SettleGuard};
+use turnpike_store::{GuardRefusal, LedgerGuard, Owed, PaymentRow, RailConfigRow, SettleGuard};
 
 use crate::cache::TtlCache;
 use crate::catalog::PriceDefinition;
@@ -322,7 +322,30 @@ pub async fn settle_on<R: ServerRail>(
     }
     row.state = "claimed".to_owned();
     if !state.store.claim_payment(&row).await? {
-        return Ok(Outcome::Taken);
+        // The same credential again after a `202 pending`: its outcome, once; else a replay.
+        let owed = state
+            .store
+            .owed_payment(
+                &row.tenant_id,
+                &row.challenge_id,
+                &row.proof_key,
+                state.now_ms(),
+            )
+            .await?;
+        return Ok(match owed {
+            Some(Owed::Pending { payment_id }) => Outcome::Pending { payment_id },
+            Some(Owed::Settled {
+                payment_id,
+                reference,
+            }) => {
+                tracing::info!(payment = %payment_id, method = R::METHOD, "owed receipt delivered");
+                Outcome::Paid {
+                    payment_id,
+                    reference,
+                }
+            }
+            None => Outcome::Taken,
+        });
     }
     let payment_id = row.id.clone();
     let prepared = match rail.prepare(config, verified).await {

@@ -63,7 +63,7 @@ pub use merchant::{
     ApiKeyRow, BindingSecretRow, Idempotency, LIST_LIMIT_MAX, PaymentRow, PriceRow, TenantConflict,
     TenantRow,
 };
-pub use rails::{RailConfigRow, UnsettledPayment};
+pub use rails::{Owed, RailConfigRow, UnsettledPayment};
 pub use spend_guard::{SpendDenial, SpendGuard, lineage_within};
 pub use sweeper::{
     EXPIRE_BATCH_MAX, SWEEP_INTERVAL_MIN, Sweep, SweepError, spawn_expiry_sweeper, sweep_once,

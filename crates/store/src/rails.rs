@@ -143,12 +143,47 @@ impl Store {
     }
 
     /// Mark a claimed payment `pending`: submitted, outcome unknown (the resolver finishes it).
+    /// Its client is told `202 pending`, so its receipt is owed ([`Store::owed_payment`]).
     pub async fn mark_pending(&self, payment_id: &str, now_ms: i64) -> Result<bool, StoreError> {
         let done = on_pool!(self, pool => sqlx::query(
-            "UPDATE payments SET state = 'pending', updated_at = $2 \
+            "UPDATE payments SET state = 'pending', receipt_owed = 1, updated_at = $2 \
              WHERE id = $1 AND state IN ('claimed', 'pending')")
             .bind(payment_id).bind(now_ms).execute(pool).await?.rows_affected());
         Ok(done == 1)
+    }
+
+    /// The payment of `tenant_id` answering `challenge_id` with the proof `proof_key` whose
+    /// client was told `pending` and has not had its receipt: `Owed::Pending` while it is
+    /// unsettled; `Owed::Settled` once, for the one call that takes the receipt (atomically:
+    /// concurrent retries get it once); `None` otherwise (a replay).
+    pub async fn owed_payment(
+        &self,
+        tenant_id: &str,
+        challenge_id: &str,
+        proof_key: &str,
+        now_ms: i64,
+    ) -> Result<Option<Owed>, StoreError> {
+        let found: Option<(String, String, Option<String>)> = on_pool!(self, pool => sqlx::query_as(
+            "SELECT id, state, reference FROM payments \
+             WHERE tenant_id = $1 AND challenge_id = $2 AND proof_key = $3 AND receipt_owed = 1")
+            .bind(tenant_id).bind(challenge_id).bind(proof_key).fetch_optional(pool).await?);
+        let Some((id, state, reference)) = found else {
+            return Ok(None);
+        };
+        match state.as_str() {
+            "claimed" | "pending" => Ok(Some(Owed::Pending { payment_id: id })),
+            "settled" => {
+                let taken = on_pool!(self, pool => sqlx::query(
+                    "UPDATE payments SET receipt_owed = 0, updated_at = $2 \
+                     WHERE id = $1 AND state = 'settled' AND receipt_owed = 1")
+                    .bind(&id).bind(now_ms).execute(pool).await?.rows_affected());
+                Ok((taken == 1).then(|| Owed::Settled {
+                    payment_id: id,
+                    reference: reference.unwrap_or_default(),
+                }))
+            }
+            _ => Ok(None),
+        }
     }
 
     /// Release the claim of a payment whose settlement failed for good (nothing moved): its
@@ -206,4 +241,21 @@ impl Store {
             })
             .collect())
     }
+}
+
+/// A receipt still owed to a client that was told `202 pending` ([`Store::owed_payment`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owed {
+    /// Still unsettled: answer `pending` again.
+    Pending {
+        /// The payment.
+        payment_id: String,
+    },
+    /// Settled; this caller delivers the receipt (no other will).
+    Settled {
+        /// The payment.
+        payment_id: String,
+        /// The rail's reference (the receipt's `reference`).
+        reference: String,
+    },
 }

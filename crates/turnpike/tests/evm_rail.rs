@@ -656,9 +656,11 @@ async fn a_settlement_cut_off_from_its_rpc_stays_pending_and_the_resolver_books_
         (0, 0),
         "nothing booked while the outcome is unknown"
     );
-    // The same credential again meanwhile: already used, never submitted twice.
+    // The same credential again meanwhile: still pending (the same payment), never submitted
+    // twice.
     let again = w.verify(&authorization).await;
-    assert_eq!(again["decision"], "forbidden", "{again}");
+    assert_eq!(again["decision"], "pending", "{again}");
+    assert_eq!(again["paymentId"], payment_id.as_str());
     // The chain comes back: the resolver finds the receipt and books the payment once.
     proxy.restore();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -681,6 +683,18 @@ async fn a_settlement_cut_off_from_its_rpc_stays_pending_and_the_resolver_books_
         U256::from(PRICE),
         "moved exactly once on chain"
     );
+    // The client that was told to retry gets its receipt, once: the settled transaction.
+    let settled = w.server.payment(&w.merchant, &payment_id).await;
+    let delivered = w.verify(&authorization).await;
+    assert_eq!(delivered["decision"], "paid", "{delivered}");
+    assert_eq!(delivered["paymentId"], payment_id.as_str());
+    assert_eq!(
+        receipt_of(&delivered).reference,
+        settled["reference"].as_str().unwrap()
+    );
+    let replay = w.verify(&authorization).await;
+    assert_eq!(replay["decision"], "forbidden", "{replay}");
+    assert_eq!(w.revenue().await, (PRICE, fee), "delivering books nothing");
     w.server.assert_ledger_consistent().await;
 }
 
