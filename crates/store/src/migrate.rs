@@ -56,6 +56,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         "deposits",
         include_str!("../../../migrations/sqlite/0008_deposits.sql"),
     ),
+    (
+        9,
+        "refund due",
+        include_str!("../../../migrations/sqlite/0009_refund_due.sql"),
+    ),
 ];
 
 /// (version, description, SQL) of every PostgreSQL migration, in order.
@@ -99,6 +104,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         8,
         "deposits",
         include_str!("../../../migrations/postgres/0008_deposits.sql"),
+    ),
+    (
+        9,
+        "refund due",
+        include_str!("../../../migrations/postgres/0009_refund_due.sql"),
     ),
 ];
 
