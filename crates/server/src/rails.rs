@@ -21,7 +21,9 @@ use turnpike_ledger::{AccountKind, TransferId, TransferRequest};
 use turnpike_rails::evm::{ConfigError, EvmConfig, EvmSettings, VerifiedEvm};
 use turnpike_rails::tempo::{TempoConfig, TempoRail, TempoSettings, VerifiedTempo};
 use turnpike_rails::{EvmRail, PrepareError, Prepared, PriceTerms, Rail, Rejection, Settlement};
-use turnpike_store::{GuardRefusal, LedgerGuard, Owed, PaymentRow, RailConfigRow, SettleGuard};
+use turnpike_store::{
+    GuardRefusal, LedgerGuard, Owed, PaymentRow, RailConfigRow, RefundDueGuard, SettleGuard,
+};
 
 use crate::cache::TtlCache;
 use crate::catalog::PriceDefinition;
@@ -36,6 +38,11 @@ pub mod codes {
     pub const RAIL_PAYMENT: u16 = 10;
     /// The platform fee on it.
     pub const RAIL_FEE: u16 = 11;
+    /// The reversal of a rail payment whose gateway upstream failed: the merchant's revenue
+    /// (net of the fee) back to the clearing account; the merchant returns the tokens on chain.
+    pub const RAIL_REVERSAL: u16 = 13;
+    /// The platform fee of a reversed rail payment back to the clearing account.
+    pub const RAIL_FEE_REVERSAL: u16 = 14;
 }
 
 /// How often the resolver looks for unsettled payments.
@@ -86,6 +93,13 @@ pub trait ServerRail: Rail<Config: 'static> + 'static {
     fn secret(config: &Self::Config) -> Option<String>;
     /// The receipt's chain id.
     fn chain_id(verified: &Self::Verified) -> u64;
+    /// The address that paid a settled payment, from its settlement record (and the chain when
+    /// the record does not say).
+    fn payer(
+        state: &AppState,
+        config: &Self::Config,
+        prepared: &Prepared,
+    ) -> impl std::future::Future<Output = Option<alloy::primitives::Address>> + Send;
     /// Read what the rail's offer depends on now (a hot wallet's gas, a fee payer's balance),
     /// after a configuration change and on every gas pass.
     fn watch(
@@ -123,6 +137,13 @@ impl ServerRail for EvmRail {
     fn chain_id(verified: &VerifiedEvm) -> u64 {
         verified.chain_id
     }
+    async fn payer(
+        state: &AppState,
+        config: &EvmConfig,
+        prepared: &Prepared,
+    ) -> Option<alloy::primitives::Address> {
+        state.rails.evm.payer(config, prepared).await
+    }
     async fn watch(state: &AppState, tenant_id: &str, config: &EvmConfig) {
         check_gas(state, tenant_id, config).await;
     }
@@ -151,6 +172,13 @@ impl ServerRail for TempoRail {
     }
     fn chain_id(verified: &VerifiedTempo) -> u64 {
         verified.chain_id
+    }
+    async fn payer(
+        state: &AppState,
+        config: &TempoConfig,
+        prepared: &Prepared,
+    ) -> Option<alloy::primitives::Address> {
+        state.rails.tempo.payer(config, prepared).await
     }
     async fn watch(state: &AppState, tenant_id: &str, config: &TempoConfig) {
         check_fee_payer(state, tenant_id, config).await;
@@ -477,6 +505,126 @@ pub async fn book(state: &AppState, row: &PaymentRow, reference: &str) -> Result
             tracing::error!(?results, payment = %row.id, "booking a rail payment failed; left pending");
             Err(ApiError::unavailable(
                 "the ledger refused the booking; the payment stays pending",
+            ))
+        }
+    }
+}
+
+/// The reversal of an outside-rail payment's booking.
+pub fn rail_reversal_id(payment_id: &str) -> TransferId {
+    TransferId(ids::derived_u128(&["rail-reversal", payment_id]))
+}
+
+/// The reversal of its platform fee.
+pub fn rail_fee_reversal_id(payment_id: &str) -> TransferId {
+    TransferId(ids::derived_u128(&["rail-fee-reversal", payment_id]))
+}
+
+/// The address that paid a settled outside-rail payment (EIP-55), when it can be found: the
+/// rail's settlement record, else the chain. `None` for other methods, a tenant without that
+/// rail any more, or a chain that does not answer.
+pub async fn payer_address(state: &AppState, row: &PaymentRow) -> Result<Option<String>, ApiError> {
+    let Some(record) = state
+        .store
+        .payment_settlement(&row.tenant_id, &row.id)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let Ok(prepared) = serde_json::from_str::<Prepared>(&record) else {
+        tracing::error!(payment = %row.id, "unreadable settlement record");
+        return Ok(None);
+    };
+    let payer = match row.method.as_str() {
+        EvmRail::METHOD => payer_on::<EvmRail>(state, row, &prepared).await?,
+        TempoRail::METHOD => payer_on::<TempoRail>(state, row, &prepared).await?,
+        _ => None,
+    };
+    Ok(payer.map(|address| address.to_checksum(None)))
+}
+
+async fn payer_on<R: ServerRail>(
+    state: &AppState,
+    row: &PaymentRow,
+    prepared: &Prepared,
+) -> Result<Option<alloy::primitives::Address>, ApiError> {
+    let Some(config) = rail_config::<R>(state, &row.tenant_id).await? else {
+        return Ok(None);
+    };
+    Ok(R::payer(state, &config, prepared).await)
+}
+
+/// Reverse the booking of a settled outside-rail payment (its gateway upstream failed after
+/// payment): the merchant's revenue net of the fee and the platform fee go back to the rail's
+/// clearing account as linked transfers, with the payment marked `refund_due` (naming
+/// `payer_address`) in the same transaction. The tokens stay at the merchant's recipient: the
+/// merchant owes the payer a refund on chain. True when reversed now, false when the payment
+/// was not settled any more (reversed already): nothing is booked twice.
+pub async fn reverse(
+    state: &AppState,
+    row: &PaymentRow,
+    payer_address: Option<String>,
+) -> Result<bool, ApiError> {
+    let amount: u128 = row.amount.parse().map_err(|_| ApiError::internal())?;
+    let fee = fee_minor(amount, state.config.platform_fee_bps);
+    let net = amount.checked_sub(fee).ok_or_else(ApiError::internal)?;
+    let clearing = state
+        .account(PLATFORM_OWNER, AccountKind::RailClearing, &row.currency)
+        .await?;
+    let mut transfers = Vec::with_capacity(2);
+    if net > 0 {
+        let revenue = state
+            .account(&row.tenant_id, AccountKind::MerchantRevenue, &row.currency)
+            .await?;
+        transfers.push(TransferRequest::Transfer {
+            id: rail_reversal_id(&row.id),
+            debit_account_id: revenue,
+            credit_account_id: clearing,
+            amount: net,
+            currency: row.currency.clone(),
+            timeout_ms: None,
+            code: codes::RAIL_REVERSAL,
+            user_data: Some(row.id.clone()),
+        });
+    }
+    if fee > 0 {
+        let fees = state
+            .account(PLATFORM_OWNER, AccountKind::PlatformFees, &row.currency)
+            .await?;
+        transfers.push(TransferRequest::Transfer {
+            id: rail_fee_reversal_id(&row.id),
+            debit_account_id: fees,
+            credit_account_id: clearing,
+            amount: fee,
+            currency: row.currency.clone(),
+            timeout_ms: None,
+            code: codes::RAIL_FEE_REVERSAL,
+            user_data: Some(row.id.clone()),
+        });
+    }
+    let guard = LedgerGuard::RefundDue(Box::new(RefundDueGuard {
+        payment_id: row.id.clone(),
+        payer_address,
+    }));
+    let results = state
+        .engine
+        .guarded(guard, transfers)
+        .await
+        .map_err(|err| {
+            tracing::error!(error = %err, payment = %row.id, "ledger failed while reversing a rail payment");
+            ApiError::unavailable("the ledger failed; the payment could not be reversed yet")
+        })?;
+    match results {
+        Err(GuardRefusal::PaymentTaken) => Ok(false),
+        Err(other) => {
+            tracing::error!(refusal = ?other, "unexpected refusal reversing a rail payment");
+            Err(ApiError::internal())
+        }
+        Ok(results) if results.iter().all(Result::is_ok) => Ok(true),
+        Ok(results) => {
+            tracing::error!(?results, payment = %row.id, "reversing a rail payment failed; left settled");
+            Err(ApiError::unavailable(
+                "the ledger refused the reversal; the payment stays settled",
             ))
         }
     }

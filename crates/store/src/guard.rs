@@ -41,6 +41,20 @@ pub enum LedgerGuard {
     /// [`GuardRefusal::DepositCredited`] when its log is credited already (by another command,
     /// replica or an earlier run), so that a log is never credited twice.
     Deposit(Box<DepositRow>),
+    /// Mark a settled outside-rail payment `refund_due` (its booking is reversed by the
+    /// command's transfers; the merchant owes the payer an on-chain refund). Refused with
+    /// [`GuardRefusal::PaymentTaken`] when it is not settled any more (marked already, by a
+    /// racing failure or another replica): the reversal then never happens twice.
+    RefundDue(Box<RefundDueGuard>),
+}
+
+/// A settled outside-rail payment to be returned by its merchant, reversed with its transfers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundDueGuard {
+    /// The payment (`pay_...`).
+    pub payment_id: String,
+    /// The address that paid (EIP-55), when the rail knows it.
+    pub payer_address: Option<String>,
 }
 
 /// A payment settled on an outside rail, booked with its transfers.
@@ -119,7 +133,10 @@ fn payments(commands: &[Command<LedgerGuard>]) -> Vec<(usize, &PaymentRow)> {
         .filter_map(|(i, command)| match command {
             Command::Guarded(LedgerGuard::Payment(row), _) => Some((i, &**row)),
             Command::Guarded(
-                LedgerGuard::Spend(_) | LedgerGuard::Settle(_) | LedgerGuard::Deposit(_),
+                LedgerGuard::Spend(_)
+                | LedgerGuard::Settle(_)
+                | LedgerGuard::Deposit(_)
+                | LedgerGuard::RefundDue(_),
                 _,
             )
             | Command::Linked(_)
@@ -177,6 +194,8 @@ pub(crate) struct Guards<'a> {
     settled: Vec<(usize, &'a str)>,
     /// The deposit guards whose row was inserted: (command index, row).
     deposits: Vec<(usize, &'a DepositRow)>,
+    /// The refund-due guards that marked their payment: (command index, payment id).
+    refunds_due: Vec<(usize, &'a str)>,
 }
 
 impl Guards<'_> {
@@ -199,11 +218,14 @@ pub(crate) async fn before_ledger<'a>(
     payments.merge(commands.len(), refused.into_iter());
     let (deposits, refused) = record_deposits(conn, commands).await?;
     payments.merge(commands.len(), refused.into_iter());
+    let (refunds_due, refused) = mark_refund_due(conn, commands, now_ms).await?;
+    payments.merge(commands.len(), refused.into_iter());
     Ok(Guards {
         payments,
         spends,
         settled,
         deposits,
+        refunds_due,
     })
 }
 
@@ -218,6 +240,7 @@ pub(crate) async fn after_ledger(
     drop_failed_payments(conn, &guards.payments, results).await?;
     unmark_failed_settlements(conn, &guards.settled, results, now_ms).await?;
     drop_failed_deposits(conn, &guards.deposits, results).await?;
+    unmark_failed_refunds_due(conn, &guards.refunds_due, results, now_ms).await?;
     crate::spend_guard::after_ledger(conn, &guards.spends, results, pending_updates, now_ms).await
 }
 
@@ -238,6 +261,61 @@ const MARK_SETTLED: &str = "UPDATE payments SET state = 'settled', reference = $
      updated_at = $3 WHERE id = $1 AND state IN ('claimed', 'pending')";
 const UNMARK_SETTLED: &str =
     "UPDATE payments SET state = 'pending', updated_at = $2 WHERE id = $1 AND state = 'settled'";
+
+const MARK_REFUND_DUE: &str = "UPDATE payments SET state = 'refund_due', payer_address = $2, \
+     updated_at = $3 WHERE id = $1 AND state = 'settled' AND payer_tenant_id IS NULL";
+const UNMARK_REFUND_DUE: &str = "UPDATE payments SET state = 'settled', payer_address = NULL, \
+     updated_at = $2 WHERE id = $1 AND state = 'refund_due'";
+
+/// What the batch's refund-due guards did: the payments marked, and the refusals.
+type RefundDueMarks<'a> = (Vec<(usize, &'a str)>, Vec<(usize, GuardRefusal)>);
+
+/// The batch's refund-due guards: mark each settled outside-rail payment `refund_due`; refuse
+/// those not settled (any more).
+async fn mark_refund_due<'a>(
+    conn: &mut Conn<'_>,
+    commands: &'a [Command<LedgerGuard>],
+    now_ms: i64,
+) -> Result<RefundDueMarks<'a>, BackendError> {
+    let err = db_err(conn);
+    let mut marked = Vec::new();
+    let mut refused = Vec::new();
+    for (i, command) in commands.iter().enumerate() {
+        let Command::Guarded(LedgerGuard::RefundDue(guard), _) = command else {
+            continue;
+        };
+        let done = on_conn!(conn, c => sqlx::query(MARK_REFUND_DUE)
+            .bind(&guard.payment_id)
+            .bind(&guard.payer_address)
+            .bind(now_ms)
+            .execute(&mut **c).await.map_err(&err)?.rows_affected());
+        if done == 0 {
+            refused.push((i, GuardRefusal::PaymentTaken));
+        } else {
+            marked.push((i, guard.payment_id.as_str()));
+        }
+    }
+    Ok((marked, refused))
+}
+
+/// A refund-due guard whose reversal failed leaves its payment settled, as it was.
+async fn unmark_failed_refunds_due(
+    conn: &mut Conn<'_>,
+    marked: &[(usize, &str)],
+    results: &[CommandResult<LedgerGuard>],
+    now_ms: i64,
+) -> Result<(), BackendError> {
+    let err = db_err(conn);
+    for (i, payment_id) in marked {
+        if !results[*i].applied() {
+            on_conn!(conn, c => sqlx::query(UNMARK_REFUND_DUE)
+                .bind(*payment_id)
+                .bind(now_ms)
+                .execute(&mut **c).await.map_err(&err)?.rows_affected());
+        }
+    }
+    Ok(())
+}
 
 /// What the batch's settle guards did: the payments marked settled, and the refusals.
 type SettleMarks<'a> = (Vec<(usize, &'a str)>, Vec<(usize, GuardRefusal)>);

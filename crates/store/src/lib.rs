@@ -57,13 +57,13 @@ pub use agents::{
 pub use check::{CheckReport, Phase, Total, VIOLATIONS_LISTED_MAX, Violation};
 pub use deposits::{CursorStart, DepositAddressRow, DepositConfigRow, DepositRow};
 pub use error::StoreError;
-pub use guard::{GuardRefusal, LedgerGuard, SettleGuard, StoreEngine};
+pub use guard::{GuardRefusal, LedgerGuard, RefundDueGuard, SettleGuard, StoreEngine};
 pub use history::{Cursor, HISTORY_PAGE_LIMIT_MAX, Page};
 pub use merchant::{
     ApiKeyRow, BindingSecretRow, Idempotency, LIST_LIMIT_MAX, PaymentRow, PriceRow, TenantConflict,
     TenantRow,
 };
-pub use rails::{Owed, RailConfigRow, UnsettledPayment};
+pub use rails::{Owed, PaymentRefund, RailConfigRow, UnsettledPayment};
 pub use spend_guard::{SpendDenial, SpendGuard, lineage_within};
 pub use sweeper::{
     EXPIRE_BATCH_MAX, SWEEP_INTERVAL_MIN, Sweep, SweepError, spawn_expiry_sweeper, sweep_once,

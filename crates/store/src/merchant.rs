@@ -92,7 +92,8 @@ pub struct PaymentRow {
     pub challenge_id: String,
     /// `method:proof`, unique across the platform.
     pub proof_key: String,
-    /// `claimed`, `settled` or `refunded`.
+    /// `claimed`, `pending`, `settled`, `refund_due` (an outside-rail payment the merchant
+    /// owes back on chain) or `refunded`.
     pub state: String,
     /// Payment method.
     pub method: String,
@@ -533,17 +534,19 @@ impl Store {
         Ok(row.map(payment))
     }
 
-    /// A tenant's payments, newest first.
+    /// A tenant's payments, newest first; only those in `state` when given.
     pub async fn payments(
         &self,
         tenant_id: &str,
+        state: Option<&str>,
         limit: i64,
     ) -> Result<Vec<PaymentRow>, StoreError> {
         let sql = format!(
-            "SELECT {PAYMENT_COLUMNS} FROM payments WHERE tenant_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2"
+            "SELECT {PAYMENT_COLUMNS} FROM payments WHERE tenant_id = $1 \
+             AND (CAST($2 AS TEXT) IS NULL OR state = $2) ORDER BY created_at DESC, id DESC LIMIT $3"
         );
         let rows: Vec<PaymentTuple> = on_pool!(self, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
-            .bind(tenant_id).bind(limit.clamp(1, LIST_LIMIT_MAX)).fetch_all(pool).await?);
+            .bind(tenant_id).bind(state).bind(limit.clamp(1, LIST_LIMIT_MAX)).fetch_all(pool).await?);
         Ok(rows.into_iter().map(payment).collect())
     }
 

@@ -57,6 +57,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         include_str!("../../../migrations/sqlite/0008_deposits.sql"),
     ),
     (
+        9,
+        "refund due",
+        include_str!("../../../migrations/sqlite/0009_refund_due.sql"),
+    ),
+    (
         10,
         "receipt owed",
         include_str!("../../../migrations/sqlite/0010_receipt_owed.sql"),
@@ -104,6 +109,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         8,
         "deposits",
         include_str!("../../../migrations/postgres/0008_deposits.sql"),
+    ),
+    (
+        9,
+        "refund due",
+        include_str!("../../../migrations/postgres/0009_refund_due.sql"),
     ),
     (
         10,

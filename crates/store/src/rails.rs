@@ -47,6 +47,15 @@ pub struct UnsettledPayment {
     pub settlement: Option<String>,
 }
 
+/// What an outside-rail payment owed back on chain records: who paid, and the merchant's refund.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentRefund {
+    /// The paying address (EIP-55), when the rail knew it.
+    pub payer_address: Option<String>,
+    /// The merchant's refund transaction, once recorded.
+    pub refund_reference: Option<String>,
+}
+
 impl Store {
     /// Create or replace a tenant's configuration of `method`; returns its new version.
     pub async fn put_rail_config(
@@ -192,6 +201,50 @@ impl Store {
         let done = on_pool!(self, pool => sqlx::query(
             "DELETE FROM payments WHERE id = $1 AND state IN ('claimed', 'pending')")
             .bind(payment_id).execute(pool).await?.rows_affected());
+        Ok(done == 1)
+    }
+
+    /// The rail's record of what a tenant's payment submitted (JSON), if any.
+    pub async fn payment_settlement(
+        &self,
+        tenant_id: &str,
+        payment_id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let row: Option<(Option<String>,)> = on_pool!(self, pool => sqlx::query_as(
+            "SELECT settlement FROM payments WHERE tenant_id = $1 AND id = $2")
+            .bind(tenant_id).bind(payment_id).fetch_optional(pool).await?);
+        Ok(row.and_then(|r| r.0))
+    }
+
+    /// The payer and the refund of a tenant's payment (both `None` for most payments).
+    pub async fn payment_refund(
+        &self,
+        tenant_id: &str,
+        payment_id: &str,
+    ) -> Result<Option<PaymentRefund>, StoreError> {
+        let row: Option<(Option<String>, Option<String>)> = on_pool!(self, pool => sqlx::query_as(
+            "SELECT payer_address, refund_reference FROM payments WHERE tenant_id = $1 AND id = $2")
+            .bind(tenant_id).bind(payment_id).fetch_optional(pool).await?);
+        Ok(row.map(|(payer_address, refund_reference)| PaymentRefund {
+            payer_address,
+            refund_reference,
+        }))
+    }
+
+    /// Record the merchant's on-chain refund of a `refund_due` payment: it becomes `refunded`
+    /// with `reference` kept. False when the tenant has no such payment in `refund_due`.
+    pub async fn record_refund(
+        &self,
+        tenant_id: &str,
+        payment_id: &str,
+        reference: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let done = on_pool!(self, pool => sqlx::query(
+            "UPDATE payments SET state = 'refunded', refund_reference = $3, updated_at = $4 \
+             WHERE tenant_id = $1 AND id = $2 AND state = 'refund_due'")
+            .bind(tenant_id).bind(payment_id).bind(reference).bind(now_ms)
+            .execute(pool).await?.rows_affected());
         Ok(done == 1)
     }
 

@@ -16,8 +16,8 @@ use turnpike_ledger::{
     TransferId, TransferRequest,
 };
 use turnpike_store::{
-    ApiKeyRow, BindingSecretRow, DepositRow, GuardRefusal, LedgerGuard, PaymentRow, Store,
-    StoreEngine, TenantRow,
+    ApiKeyRow, BindingSecretRow, DepositRow, GuardRefusal, LedgerGuard, PaymentRow, RefundDueGuard,
+    SettleGuard, Store, StoreEngine, TenantRow,
 };
 
 use turnpike_store::on_both_databases;
@@ -28,6 +28,7 @@ on_both_databases!(
     failed_transfer_leaves_no_payment_row_and_frees_the_challenge,
     concurrent_payments_of_one_challenge_settle_once,
     a_deposit_log_is_credited_once_across_replicas_and_a_failed_credit_leaves_no_row,
+    a_rail_payment_is_reversed_once_into_refund_due_and_refunded_once,
 );
 
 const T0: i64 = 1_800_000_000_000;
@@ -245,7 +246,7 @@ async fn concurrent_payments_of_one_challenge_settle_once(db: &TestDb) {
     }
     assert_eq!((paid, taken), (1, 19));
     assert_eq!(balance(&store, MERCHANT).await, (0, 10));
-    assert_eq!(store.payments(TENANT, 100).await.unwrap().len(), 1);
+    assert_eq!(store.payments(TENANT, None, 100).await.unwrap().len(), 1);
     assert!(store.check().await.unwrap().is_ok());
 }
 
@@ -318,5 +319,185 @@ async fn a_deposit_log_is_credited_once_across_replicas_and_a_failed_credit_leav
     assert_eq!(listed.len(), 2);
     assert_eq!((listed[0].log_index, listed[0].amount.as_str()), (1, "5"));
     assert_eq!(balance(&store, PAYER).await, (0, 1_030));
+    assert!(store.check().await.unwrap().is_ok());
+}
+
+fn refund_due(payment_id: &str, payer: &str) -> LedgerGuard {
+    LedgerGuard::RefundDue(Box::new(RefundDueGuard {
+        payment_id: payment_id.into(),
+        payer_address: Some(payer.into()),
+    }))
+}
+
+async fn a_rail_payment_is_reversed_once_into_refund_due_and_refunded_once(db: &TestDb) {
+    let (store, engine) = setup(db).await;
+    const PAYER_ADDRESS: &str = "0x00000000000000000000000000000000000000A1";
+    // A payment claimed on an outside rail, then booked (WORLD stands for the rail clearing).
+    let row = PaymentRow {
+        id: "pay_rail".into(),
+        tenant_id: TENANT.into(),
+        challenge_id: "ch_rail".into(),
+        proof_key: "evm:1:tx:0xaa".into(),
+        state: "claimed".into(),
+        method: "evm".into(),
+        amount: "10".into(),
+        currency: "usd".into(),
+        price_id: "price_1".into(),
+        price_version: 1,
+        payer_tenant_id: None,
+        reference: None,
+        created_at: T0,
+        updated_at: T0,
+    };
+    assert!(store.claim_payment(&row).await.unwrap());
+    let settle = LedgerGuard::Settle(Box::new(SettleGuard {
+        payment_id: "pay_rail".into(),
+        reference: "0xaa".into(),
+    }));
+    let booked = engine
+        .guarded(settle, vec![transfer(500, WORLD, MERCHANT, 10)])
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(booked.iter().all(Result::is_ok));
+    assert!(
+        store
+            .payments(TENANT, Some("refund_due"), 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // A reversal the ledger refuses leaves the payment settled, with no payer recorded.
+    let refused = engine
+        .guarded(
+            refund_due("pay_rail", PAYER_ADDRESS),
+            vec![transfer(501, PAYER, WORLD, 1_000_000)],
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(refused.iter().any(Result::is_err));
+    let row = store.payment(TENANT, "pay_rail").await.unwrap().unwrap();
+    assert_eq!(row.state, "settled");
+    let refund = store
+        .payment_refund(TENANT, "pay_rail")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(refund.payer_address, None);
+
+    // Racing reversals (two replicas) with the same derived transfer: one applies.
+    let other = Engine::start(Arc::new(store.clone()), EngineConfig::default());
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let engine = if i % 2 == 0 {
+            engine.clone()
+        } else {
+            other.clone()
+        };
+        tasks.push(tokio::spawn(async move {
+            engine
+                .guarded(
+                    refund_due("pay_rail", PAYER_ADDRESS),
+                    vec![transfer(502, MERCHANT, WORLD, 10)],
+                )
+                .await
+                .unwrap()
+        }));
+    }
+    let mut reversed = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(results) if results.iter().all(Result::is_ok) => reversed += 1,
+            Err(GuardRefusal::PaymentTaken) => {}
+            other => panic!("unexpected outcome {other:?}"),
+        }
+    }
+    assert_eq!(reversed, 1);
+    assert_eq!(balance(&store, MERCHANT).await, (10, 10));
+    let row = store.payment(TENANT, "pay_rail").await.unwrap().unwrap();
+    assert_eq!(row.state, "refund_due");
+    let refund = store
+        .payment_refund(TENANT, "pay_rail")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(refund.payer_address.as_deref(), Some(PAYER_ADDRESS));
+    let due = store
+        .payments(TENANT, Some("refund_due"), 100)
+        .await
+        .unwrap();
+    assert_eq!(due.len(), 1);
+
+    // A balance-method payment is never marked refund_due.
+    let results = engine
+        .guarded(
+            payment("pay_t", "ch_t", "p:t"),
+            vec![transfer(503, PAYER, MERCHANT, 10)],
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(results.iter().all(Result::is_ok));
+    assert_eq!(
+        engine
+            .guarded(
+                refund_due("pay_t", PAYER_ADDRESS),
+                vec![transfer(504, MERCHANT, PAYER, 10)]
+            )
+            .await
+            .unwrap(),
+        Err(GuardRefusal::PaymentTaken)
+    );
+
+    // The merchant records its refund once, and only its own.
+    let hash = format!("0x{}", "cd".repeat(32));
+    assert!(
+        !store
+            .record_refund("ten_other", "pay_rail", &hash, T0)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .record_refund(TENANT, "pay_t", &hash, T0)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .record_refund(TENANT, "pay_rail", &hash, T0)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .record_refund(TENANT, "pay_rail", &hash, T0)
+            .await
+            .unwrap()
+    );
+    let refund = store
+        .payment_refund(TENANT, "pay_rail")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(refund.refund_reference.as_deref(), Some(hash.as_str()));
+    assert_eq!(
+        store
+            .payments(TENANT, Some("refunded"), 100)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(
+        store
+            .payments(TENANT, Some("refund_due"), 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.payments(TENANT, None, 100).await.unwrap().len(), 2);
     assert!(store.check().await.unwrap().is_ok());
 }

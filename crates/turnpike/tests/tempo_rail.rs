@@ -41,6 +41,7 @@ on_both_databases!(
     a_zero_amount_price_is_paid_with_a_proof_and_books_nothing,
     tempo_rail_configuration_keeps_its_secret_and_validates_input,
     a_gateway_route_is_paid_with_tempo_and_discovery_offers_the_token,
+    a_tempo_payment_whose_gateway_upstream_fails_is_owed_back_and_a_proof_owes_nothing,
 );
 
 /// pathUSD, the TIP-20 precompile token every Tempo chain has (6 decimals).
@@ -997,5 +998,95 @@ async fn a_gateway_route_is_paid_with_tempo_and_discovery_offers_the_token(db: &
         recipient_before + U256::from(2 * PRICE)
     );
     assert_eq!(w.revenue().await, (2 * PRICE, 2 * fee(PRICE)));
+    w.server.assert_ledger_consistent().await;
+}
+
+async fn a_tempo_payment_whose_gateway_upstream_fails_is_owed_back_and_a_proof_owes_nothing(
+    db: &TestDb,
+) {
+    let w = world(db, None, false).await;
+    let upstream = Upstream::start().await;
+    upstream.fail();
+    for (path, amount) in [("/report", PRICE.to_string()), (FREE_PATH, "0".to_owned())] {
+        w.server
+            .create_price(
+                &w.merchant,
+                json!({"route": {"method": "GET", "path": path}, "amount": amount,
+                       "currency": "usd", "methods": ["tempo"], "upstreamUrl": upstream.url}),
+            )
+            .await;
+    }
+    let gateway_challenge = |path: &'static str| {
+        let server = &w.server;
+        async move {
+            let unpaid = Server::read(server.gateway(reqwest::Method::GET, "shop", path)).await;
+            assert_eq!(unpaid.status, 402, "{unpaid:?}");
+            let headers = unpaid.header_all("www-authenticate");
+            parse_challenges_from_lines(headers.iter().map(String::as_str))
+                .unwrap()
+                .remove(0)
+        }
+    };
+    let pay = |path: &'static str, authorization: String| {
+        let server = &w.server;
+        async move {
+            Server::read(
+                server
+                    .gateway(reqwest::Method::GET, "shop", path)
+                    .header("authorization", authorization),
+            )
+            .await
+        }
+    };
+
+    // Paid with a transaction the server broadcast; the upstream answers 500.
+    let challenge = gateway_challenge("/report").await;
+    let (raw, _) = w.pay(&challenge).await;
+    let reply = pay("/report", transaction(&challenge, &raw)).await;
+    assert_eq!(reply.status, 500, "{reply:?}");
+    assert_eq!(reply.json(), json!({"error": "upstream broke"}));
+    assert!(reply.header("payment-receipt").is_none(), "{reply:?}");
+    assert_eq!(reply.header("x-turnpike-refund").as_deref(), Some("due"));
+    let payment_id = reply.header("x-turnpike-payment").unwrap();
+    let payment = w.server.payment(&w.merchant, &payment_id).await;
+    assert_eq!(payment["state"], "refund_due", "{payment}");
+    assert_eq!(payment["amount"], PRICE.to_string());
+    assert_eq!(
+        payment["payerAddress"],
+        w.anvil.address(PAYER).to_checksum(None),
+        "the payer is read from the receipt's TIP-20 transfer"
+    );
+    assert_eq!(
+        w.revenue().await,
+        (PRICE, PRICE),
+        "reversed: no revenue kept"
+    );
+
+    // A zero-amount proof moved nothing: nothing is owed, nothing booked.
+    let challenge = gateway_challenge(FREE_PATH).await;
+    let reply = pay(FREE_PATH, proof(&w, &challenge, PAYER)).await;
+    assert_eq!(reply.status, 500, "{reply:?}");
+    assert!(reply.header("payment-receipt").is_none(), "{reply:?}");
+    assert_eq!(reply.header("x-turnpike-refund").as_deref(), Some("none"));
+    let free_id = reply.header("x-turnpike-payment").unwrap();
+    assert_eq!(
+        w.server.payment(&w.merchant, &free_id).await["state"],
+        "settled"
+    );
+
+    // The merchant returns the tokens and records it.
+    let recorded = w
+        .server
+        .post(
+            &format!("/v1/payments/{payment_id}/refunds"),
+            &w.merchant.key,
+            json!({"reference": format!("0x{}", "ab".repeat(32))}),
+        )
+        .await
+        .expect_status(200)
+        .json();
+    assert_eq!(recorded["state"], "refunded", "{recorded}");
+    assert_eq!(w.revenue().await, (PRICE, PRICE));
+    assert_eq!(upstream.hits(), 2);
     w.server.assert_ledger_consistent().await;
 }

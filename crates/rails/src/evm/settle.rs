@@ -377,6 +377,23 @@ impl EvmRail {
             .remove(&(chain_id, wallet));
     }
 
+    /// Who paid a settled payment: the payer known offline (the signer of an authorization
+    /// or permit, the sender of a transaction), else the sender of the receipt's `Transfer` of
+    /// the amount to the recipient (a `hash` credential). `None` when the record is unreadable
+    /// or the chain does not answer.
+    pub async fn payer(&self, config: &EvmConfig, prepared: &Prepared) -> Option<Address> {
+        let recorded = serde_json::from_value::<Recorded>(prepared.state.clone()).ok()?;
+        if let Some(payer) = recorded.payer {
+            return Some(payer);
+        }
+        let provider = self.provider(config).ok()?;
+        let receipt = rpc::get_receipt(&provider, recorded.hash).await.ok()??;
+        rpc::token_transfers(&receipt, recorded.token)
+            .into_iter()
+            .find(|t| t.to == recorded.recipient && t.value == recorded.amount)
+            .map(|t| t.from)
+    }
+
     /// Check a confirmed receipt's `Transfer` logs against the record.
     fn settled_if_paid(recorded: &Recorded, receipt: &ReceiptState) -> Settlement {
         let ReceiptState::Confirmed(receipt) = receipt else {

@@ -216,6 +216,29 @@ impl TempoRail {
             .map_err(|err| Unavailable(format!("the tempo request is invalid: {err}")))
     }
 
+    /// Who paid a settled payment: the sender of the receipt's TIP-20 transfer that satisfied
+    /// the charge. `None` for a proof (nothing moved), an unreadable record, or when the chain
+    /// does not answer.
+    pub async fn payer(&self, config: &TempoConfig, prepared: &Prepared) -> Option<Address> {
+        let recorded = serde_json::from_value::<Recorded>(prepared.state.clone()).ok()?;
+        let hash = recorded.hash?;
+        let charge = charge_of(&recorded.request).ok()?;
+        let provider = self.provider(config).ok()?;
+        let receipt = rpc::get_receipt(&provider, hash).await.ok()??;
+        let binding = ChallengeRef {
+            id: &recorded.challenge_id,
+            realm: &recorded.realm,
+        };
+        let verified = verify_receipt_logs(
+            &charge,
+            Some(binding),
+            receipt.success(),
+            &receipt.primitive_logs(),
+        )
+        .ok()?;
+        verified.transfers.first().map(|t| t.from)
+    }
+
     /// Check a mined receipt's TIP-20 logs against the record.
     fn settled_if_paid(recorded: &Recorded, receipt: &rpc::MinedReceipt) -> Settlement {
         let charge = match charge_of(&recorded.request) {

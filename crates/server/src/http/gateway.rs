@@ -1,6 +1,7 @@
 //! The gateway: `/gw/{tenant-slug}/...` answers the whole 402 flow for prices with an upstream,
-//! proxies paid requests there with `X-Turnpike-Payment`, and refunds the payer when the
-//! upstream fails (5xx or no answer).
+//! proxies paid requests there with `X-Turnpike-Payment`, and, when the upstream fails (5xx or
+//! no answer), refunds a `turnpike` payer at once or, for a chain payment (which Turnpike cannot
+//! send back), reverses its booking and marks it `refund_due` for the merchant to return.
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -16,6 +17,7 @@ use crate::decision::{Decision, DecisionKind};
 use crate::error::{ApiError, ApiResult};
 use crate::method_turnpike::{codes, fee_minor, fee_refund_id, refund_id, reservation_id};
 use crate::pipeline::{self, PriceRef, RequestFacts};
+use crate::rails;
 use crate::state::{AppState, PLATFORM_OWNER};
 
 /// Largest request body the gateway reads.
@@ -156,16 +158,119 @@ pub(crate) async fn handle(
             Ok(with_receipt(response, &decision))
         }
         outcome => {
-            refund(&state, &tenant, &payment_id, &price).await?;
+            let payment = state
+                .store
+                .payment(&tenant.id, &payment_id)
+                .await?
+                .ok_or_else(ApiError::internal)?;
+            if payment.payer_tenant_id.is_some() {
+                refund(&state, &tenant, &payment_id, &price).await?;
+                return Ok(match outcome {
+                    Ok(response) => strip_for_error(response),
+                    Err(detail) => ApiError::new(
+                        StatusCode::BAD_GATEWAY,
+                        "upstream-failed",
+                        format!("{detail}; the payment was refunded"),
+                    )
+                    .into_response(),
+                });
+            }
+            let owed = owe_back(&state, &payment).await;
             Ok(match outcome {
-                Ok(response) => strip_for_error(response),
-                Err(detail) => ApiError::new(
-                    StatusCode::BAD_GATEWAY,
-                    "upstream-failed",
-                    format!("{detail}; the payment was refunded"),
-                )
-                .into_response(),
+                Ok(response) => with_refund_headers(strip_for_error(response), &payment_id, owed),
+                Err(detail) => with_refund_headers(
+                    ApiError::new(
+                        StatusCode::BAD_GATEWAY,
+                        "upstream-failed",
+                        format!("{detail}; {}", owed.detail(&payment_id)),
+                    )
+                    .with("paymentId", payment_id.clone().into())
+                    .with("refund", owed.as_str().into())
+                    .into_response(),
+                    &payment_id,
+                    owed,
+                ),
             })
+        }
+    }
+}
+
+/// The response header saying what became of a chain payment whose upstream failed.
+pub const REFUND_HEADER: &str = "x-turnpike-refund";
+
+/// What became of a payment settled on a chain (`evm`, `tempo`) whose upstream failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owed {
+    /// Reversed in the ledger and `refund_due`: the merchant returns it on chain.
+    Due,
+    /// A zero amount: nothing was paid, nothing is owed.
+    Nothing,
+    /// The reversal could not be booked (logged): the payment stays settled for an operator.
+    Unrecorded,
+}
+
+impl Owed {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Due => "due",
+            Self::Nothing => "none",
+            Self::Unrecorded => "unrecorded",
+        }
+    }
+
+    fn detail(self, payment_id: &str) -> String {
+        match self {
+            Self::Due => format!(
+                "the payment {payment_id} is to be returned to the payer by the merchant, on chain"
+            ),
+            Self::Nothing => "nothing was charged".to_owned(),
+            Self::Unrecorded => format!(
+                "the payment {payment_id} could not be marked for return yet; the merchant owes it back"
+            ),
+        }
+    }
+}
+
+fn with_refund_headers(mut response: Response, payment_id: &str, owed: Owed) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(
+        HeaderName::from_static(REFUND_HEADER),
+        HeaderValue::from_static(owed.as_str()),
+    );
+    if let Ok(value) = HeaderValue::from_str(payment_id) {
+        headers.insert(HeaderName::from_static(PAYMENT_HEADER), value);
+    }
+    response
+}
+
+/// A chain payment cannot be sent back by Turnpike (the tokens are at the merchant's
+/// recipient): reverse its booking and mark it `refund_due` with the paying address, once.
+/// Never fails the client's request: a ledger failure is logged and reported as `Unrecorded`.
+async fn owe_back(state: &AppState, payment: &turnpike_store::PaymentRow) -> Owed {
+    if payment.amount == "0" {
+        return Owed::Nothing;
+    }
+    let payer = match rails::payer_address(state, payment).await {
+        Ok(payer) => payer,
+        Err(err) => {
+            tracing::warn!(error = ?err, payment = %payment.id, "the payer's address could not be read");
+            None
+        }
+    };
+    if payer.is_none() {
+        tracing::warn!(payment = %payment.id, "refund due to an unknown payer address");
+    }
+    match rails::reverse(state, payment, payer).await {
+        Ok(true) => {
+            tracing::info!(payment = %payment.id, method = %payment.method,
+                "upstream failed after a chain payment: reversed, refund due from the merchant");
+            Owed::Due
+        }
+        Ok(false) => Owed::Due,
+        Err(err) => {
+            tracing::error!(error = ?err, payment = %payment.id,
+                "upstream failed after a chain payment and its reversal could not be booked");
+            Owed::Unrecorded
         }
     }
 }

@@ -4,7 +4,7 @@ use std::str::FromStr;
 
 use axum::Router;
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -17,6 +17,7 @@ use crate::decision::Decision;
 use crate::error::{ApiError, ApiResult};
 use crate::method_turnpike::{fee_id, fee_refund_id, post_id, refund_id};
 use crate::pipeline::{self, RequestFacts};
+use crate::rails;
 use crate::state::AppState;
 
 /// Most `Authorization` values one verify call may carry.
@@ -29,6 +30,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/verify", post(verify))
         .route("/v1/payments", get(list))
         .route("/v1/payments/{id}", get(read))
+        .route("/v1/payments/{id}/refunds", post(record_refund))
 }
 
 async fn challenges(
@@ -105,30 +107,133 @@ async fn payment_transfers(state: &AppState, payment: &PaymentRow) -> ApiResult<
     let mut out = Vec::new();
     for id in candidates {
         if let Some(t) = state.store.transfer(id).await? {
-            out.push(json!({
-                "id": t.id.to_string(),
-                "kind": t.kind.as_str(),
-                "debitAccountId": t.debit_account_id.to_string(),
-                "creditAccountId": t.credit_account_id.to_string(),
-                "amount": t.amount.to_string(),
-                "currency": t.currency,
-                "code": t.code,
-                "timestamp": rfc3339(t.timestamp_ms),
-            }));
+            out.push(transfer_json(&t));
         }
     }
     Ok(out)
 }
 
-/// The JSON form of a payment, with its ledger transfers.
+fn transfer_json(t: &turnpike_ledger::Transfer) -> Value {
+    json!({
+        "id": t.id.to_string(),
+        "kind": t.kind.as_str(),
+        "debitAccountId": t.debit_account_id.to_string(),
+        "creditAccountId": t.credit_account_id.to_string(),
+        "amount": t.amount.to_string(),
+        "currency": t.currency,
+        "code": t.code,
+        "timestamp": rfc3339(t.timestamp_ms),
+    })
+}
+
+/// The transfers of an outside-rail payment (its booking, and its reversal when it is owed
+/// back on chain), found by their derived ids.
+async fn rail_transfers(state: &AppState, payment: &PaymentRow) -> ApiResult<Vec<Value>> {
+    let mut out = Vec::new();
+    for id in [
+        rails::rail_payment_id(&payment.id),
+        rails::rail_fee_id(&payment.id),
+        rails::rail_reversal_id(&payment.id),
+        rails::rail_fee_reversal_id(&payment.id),
+    ] {
+        if let Some(t) = state.store.transfer(id).await? {
+            out.push(transfer_json(&t));
+        }
+    }
+    Ok(out)
+}
+
+/// The JSON form of a payment, with its ledger transfers. A chain payment owed back (or
+/// refunded) by its merchant also names `payerAddress` and `refundReference`.
 pub async fn payment_json(state: &AppState, p: &PaymentRow) -> ApiResult<Value> {
+    let on_rail = p.payer_tenant_id.is_none();
+    let refund = if on_rail && OWED_BACK_STATES.contains(&p.state.as_str()) {
+        state.store.payment_refund(&p.tenant_id, &p.id).await?
+    } else {
+        None
+    };
+    let transfers = if on_rail {
+        rail_transfers(state, p).await?
+    } else {
+        payment_transfers(state, p).await?
+    };
+    let (payer_address, refund_reference) = refund
+        .map(|r| (r.payer_address, r.refund_reference))
+        .unwrap_or_default();
     Ok(json!({
         "id": p.id, "state": p.state, "method": p.method, "amount": p.amount, "currency": p.currency,
         "challengeId": p.challenge_id, "priceId": p.price_id, "priceVersion": p.price_version,
-        "payerTenantId": p.payer_tenant_id, "reference": p.reference,
+        "payerTenantId": p.payer_tenant_id, "payerAddress": payer_address, "reference": p.reference,
+        "refundReference": refund_reference,
         "createdAt": rfc3339(p.created_at), "updatedAt": rfc3339(p.updated_at),
-        "transfers": payment_transfers(state, p).await?,
+        "transfers": transfers,
     }))
+}
+
+/// States in which a chain payment may be owed back by its merchant.
+const OWED_BACK_STATES: [&str; 2] = ["refund_due", "refunded"];
+
+/// Every payment state (`GET /v1/payments?state=`).
+pub const PAYMENT_STATES: [&str; 5] = ["claimed", "pending", "settled", "refund_due", "refunded"];
+
+/// Longest refund reference accepted (a `0x` transaction hash is 66).
+pub const REFUND_REFERENCE_LEN: usize = 66;
+
+/// `POST /v1/payments/{id}/refunds`: the merchant returned a `refund_due` payment on chain.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RefundBody {
+    /// The refund's transaction hash (`0x` + 64 hex digits).
+    reference: String,
+}
+
+fn is_tx_hash(reference: &str) -> bool {
+    reference.len() == REFUND_REFERENCE_LEN
+        && reference.starts_with("0x")
+        && reference[2..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+async fn record_refund(
+    auth: TenantAuth,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Json(body): Json<RefundBody>,
+) -> ApiResult<axum::Json<Value>> {
+    if !is_tx_hash(&body.reference) {
+        return Err(ApiError::invalid(
+            "`reference` must be the refund's transaction hash: 0x and 64 hex digits",
+        ));
+    }
+    let payment = state
+        .store
+        .payment(&auth.tenant.id, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("payment"))?;
+    let not_due = || {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "refund-not-due",
+            format!("payment {id} is not owed back (state `refund_due`)"),
+        )
+    };
+    if payment.state != "refund_due" {
+        return Err(not_due().with("state", payment.state.clone().into()));
+    }
+    let reference = body.reference.to_ascii_lowercase();
+    if !state
+        .store
+        .record_refund(&auth.tenant.id, &id, &reference, state.now_ms())
+        .await?
+    {
+        return Err(not_due());
+    }
+    tracing::info!(payment = %id, "the merchant recorded its on-chain refund");
+    let payment = state
+        .store
+        .payment(&auth.tenant.id, &id)
+        .await?
+        .ok_or_else(ApiError::internal)?;
+    Ok(axum::Json(payment_json(&state, &payment).await?))
 }
 
 async fn read(
@@ -147,6 +252,7 @@ async fn read(
 #[derive(Debug, Deserialize)]
 struct ListQuery {
     limit: Option<i64>,
+    state: Option<String>,
 }
 
 async fn list(
@@ -154,9 +260,17 @@ async fn list(
     State(state): State<AppState>,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<axum::Json<Value>> {
+    if let Some(wanted) = q.state.as_deref()
+        && !PAYMENT_STATES.contains(&wanted)
+    {
+        return Err(ApiError::invalid(format!(
+            "`state` must be one of {}",
+            PAYMENT_STATES.join(", ")
+        )));
+    }
     let rows = state
         .store
-        .payments(&auth.tenant.id, q.limit.unwrap_or(100))
+        .payments(&auth.tenant.id, q.state.as_deref(), q.limit.unwrap_or(100))
         .await?;
     let mut data = Vec::with_capacity(rows.len());
     for row in &rows {
