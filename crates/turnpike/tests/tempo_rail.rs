@@ -646,8 +646,10 @@ async fn a_tempo_settlement_cut_off_from_its_rpc_stays_pending_and_the_resolver_
         "pending"
     );
     assert_eq!(w.revenue().await, (0, 0), "nothing booked while unknown");
+    // The same credential again meanwhile: still pending (the same payment), not sent twice.
     let again = w.verify(&authorization).await;
-    assert_eq!(again["decision"], "forbidden", "{again}");
+    assert_eq!(again["decision"], "pending", "{again}");
+    assert_eq!(again["paymentId"], payment_id.as_str());
     // The chain comes back: the resolver reads the receipt and books the payment once.
     proxy.restore();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -674,6 +676,12 @@ async fn a_tempo_settlement_cut_off_from_its_rpc_stays_pending_and_the_resolver_
         recipient_before + U256::from(PRICE),
         "moved exactly once on chain"
     );
+    // The client told to retry gets its receipt once; after that the credential is a replay.
+    let delivered = w.verify(&authorization).await;
+    assert_eq!(delivered["decision"], "paid", "{delivered}");
+    assert_eq!(receipt_of(&delivered).reference, hash.to_string());
+    let replay = w.verify(&authorization).await;
+    assert_eq!(replay["decision"], "forbidden", "{replay}");
     w.server.assert_ledger_consistent().await;
 }
 
