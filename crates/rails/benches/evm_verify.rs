@@ -46,6 +46,7 @@ fn bench(c: &mut Criterion) {
         }],
         credential_types: None,
         min_gas_wei: None,
+        hash_max_amount: None,
         permit2_address: None,
         hot_wallet_address: None,
     };

@@ -299,6 +299,43 @@ async fn a_signed_transaction_and_a_broadcast_hash_are_settled(db: &TestDb) {
     assert_eq!(decision["decision"], "forbidden", "{decision}");
     let fee = PRICE * u128::from(support::FEE_BPS) / 10_000;
     assert_eq!(w.revenue().await, (2 * PRICE, 2 * fee));
+    // `hash` is not bound to its challenge: with `hashMaxAmount` below the price it is neither
+    // offered nor accepted (and nothing moves for it).
+    w.server
+        .call(
+            reqwest::Method::PUT,
+            "/v1/rails/evm",
+            Some(&w.merchant.key),
+            Some(json!({
+                "chainId": w.anvil.chain_id(),
+                "rpcUrl": w.anvil.rpc_url(),
+                "recipient": w.recipient.to_checksum(None),
+                "tokens": [{"currency": "usdc", "address": w.token.to_checksum(None),
+                            "decimals": 6, "name": NAME, "version": VERSION}],
+                "hashMaxAmount": (PRICE - 1).to_string(),
+            })),
+        )
+        .await
+        .expect_status(200);
+    let (_, challenge) = w.challenge().await;
+    assert_eq!(
+        challenge.request_json()["methodDetails"]["credentialTypes"],
+        json!(["authorization", "transaction"])
+    );
+    let hash = chain::broadcast_transfer(&w.anvil, &payer, w.token, w.recipient, PRICE).await;
+    let over = credential(
+        &challenge,
+        json!({"type": "hash", "hash": hash.to_string()}),
+        None,
+        w.anvil.chain_id(),
+    );
+    let decision = w.verify(&over).await;
+    assert_eq!(decision["decision"], "payment_required", "{decision}");
+    assert_eq!(
+        decision["body"]["type"],
+        format!("{MPP_PROBLEMS}verification-failed")
+    );
+    assert_eq!(w.revenue().await, (2 * PRICE, 2 * fee));
     w.server.assert_ledger_consistent().await;
 }
 
@@ -766,6 +803,12 @@ async fn rail_configuration_keeps_its_secret_and_validates_input(db: &TestDb) {
                 "tokens": [{"currency": "usdc", "address": w.token, "decimals": 6}],
                 "hotWalletKey": "0xnope"}),
             "hotWalletKey",
+        ),
+        (
+            json!({"chainId": 1, "rpcUrl": "http://x", "recipient": w.recipient,
+                "tokens": [{"currency": "usdc", "address": w.token, "decimals": 6}],
+                "hashMaxAmount": "0.5"}),
+            "hashMaxAmount",
         ),
     ] {
         let reply = w

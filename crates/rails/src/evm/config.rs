@@ -73,6 +73,11 @@ pub struct EvmSettings {
     /// `authorization` and the low-gas alert is raised.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_gas_wei: Option<String>,
+    /// The largest price (base units, decimal string) for which `hash` is offered. A `hash`
+    /// credential is not bound to its challenge (whoever saw the transaction can present it
+    /// first; the spec: "limit `hash` to low values"). Default: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_max_amount: Option<String>,
     /// The Permit2 contract (`methodDetails.permit2Address`); default: the canonical
     /// deployment at [`PERMIT2_CANONICAL`].
     #[serde(
@@ -121,6 +126,8 @@ pub struct EvmConfig {
     pub min_gas_wei: U256,
     /// The hot wallet that submits `authorization` transfers (it pays their gas).
     pub hot_wallet: Option<PrivateKeySigner>,
+    /// `hashMaxAmount`, parsed.
+    pub hash_max_amount: Option<u128>,
 }
 
 /// Why a configuration is refused; the message names the field.
@@ -196,10 +203,21 @@ impl EvmConfig {
                 );
             }
         }
+        let hash_max_amount = match settings.hash_max_amount.as_deref() {
+            None => None,
+            Some(s) if !s.is_empty() && s.len() <= 39 && s.bytes().all(|b| b.is_ascii_digit()) => {
+                Some(
+                    s.parse::<u128>()
+                        .map_err(|_| ConfigError("`hashMaxAmount` is too large".into()))?,
+                )
+            }
+            Some(_) => return err("`hashMaxAmount` must be a decimal string of base units"),
+        };
         Ok(Self {
             settings,
             min_gas_wei,
             hot_wallet,
+            hash_max_amount,
         })
     }
 
@@ -211,6 +229,16 @@ impl EvmConfig {
     /// The Permit2 contract permits are verified against and submitted to.
     pub fn permit2(&self) -> Address {
         self.settings.permit2_address.unwrap_or(PERMIT2_CANONICAL)
+    }
+
+    /// The credential types offered for `amount` base units of `token`, in preference order
+    /// (`hash` only up to `hashMaxAmount`).
+    pub fn credential_types_for(&self, token: &TokenConfig, amount: u128) -> Vec<CredentialType> {
+        let mut types = self.credential_types(token);
+        if self.hash_max_amount.is_some_and(|max| amount > max) {
+            types.retain(|t| *t != CredentialType::Hash);
+        }
+        types
     }
 
     /// The credential types offered for `token`, in preference order.

@@ -285,6 +285,7 @@ mod tests {
                 }],
                 credential_types: None,
                 min_gas_wei: None,
+                hash_max_amount: None,
                 permit2_address: None,
                 hot_wallet_address: None,
             },

@@ -130,7 +130,10 @@ pub fn verify_credential(
         }
         None => return Err(Rejection::malformed("payload has no `type`")),
     };
-    if !config.credential_types(token).contains(&kind) {
+    if !config
+        .credential_types_for(token, price.amount_minor)
+        .contains(&kind)
+    {
         return Err(Rejection::failed(format!(
             "credential type `{kind}` is not accepted by this challenge"
         )));

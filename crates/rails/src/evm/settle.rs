@@ -479,7 +479,7 @@ impl Rail for EvmRail {
                 "the evm hot wallet is low on gas; evm is not offered until it is refilled".into(),
             ));
         }
-        let types = config.credential_types(token);
+        let types = config.credential_types_for(token, price.amount_minor);
         if types.is_empty() {
             return Err(Unavailable("no evm credential type can be offered".into()));
         }
