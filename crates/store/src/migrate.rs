@@ -66,6 +66,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         "receipt owed",
         include_str!("../../../migrations/sqlite/0010_receipt_owed.sql"),
     ),
+    (
+        11,
+        "ledger write path",
+        include_str!("../../../migrations/sqlite/0011_ledger_write_path.sql"),
+    ),
 ];
 
 /// (version, description, SQL) of every PostgreSQL migration, in order.
@@ -119,6 +124,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         10,
         "receipt owed",
         include_str!("../../../migrations/postgres/0010_receipt_owed.sql"),
+    ),
+    (
+        11,
+        "ledger write path",
+        include_str!("../../../migrations/postgres/0011_ledger_write_path.sql"),
     ),
 ];
 
