@@ -238,9 +238,16 @@ pub(crate) async fn after_ledger(
     now_ms: i64,
 ) -> Result<(), BackendError> {
     drop_failed_payments(conn, &guards.payments, results).await?;
-    unmark_failed_settlements(conn, &guards.settled, results, now_ms).await?;
+    unmark_failed(conn, &guards.settled, results, now_ms, UNMARK_SETTLED).await?;
     drop_failed_deposits(conn, &guards.deposits, results).await?;
-    unmark_failed_refunds_due(conn, &guards.refunds_due, results, now_ms).await?;
+    unmark_failed(
+        conn,
+        &guards.refunds_due,
+        results,
+        now_ms,
+        UNMARK_REFUND_DUE,
+    )
+    .await?;
     crate::spend_guard::after_ledger(conn, &guards.spends, results, pending_updates, now_ms).await
 }
 
@@ -267,97 +274,90 @@ const MARK_REFUND_DUE: &str = "UPDATE payments SET state = 'refund_due', payer_a
 const UNMARK_REFUND_DUE: &str = "UPDATE payments SET state = 'settled', payer_address = NULL, \
      updated_at = $2 WHERE id = $1 AND state = 'refund_due'";
 
-/// What the batch's refund-due guards did: the payments marked, and the refusals.
-type RefundDueMarks<'a> = (Vec<(usize, &'a str)>, Vec<(usize, GuardRefusal)>);
+/// What a batch's payment-state guards of one kind did: the payments marked, and the refusals.
+type Marks<'a> = (Vec<(usize, &'a str)>, Vec<(usize, GuardRefusal)>);
 
-/// The batch's refund-due guards: mark each settled outside-rail payment `refund_due`; refuse
-/// those not settled (any more).
-async fn mark_refund_due<'a>(
+/// The batch's guards that `pick` selects, each a (payment id, value): run `mark` (binds: the
+/// payment id, the value, now) for each, and refuse those it changes nothing for (the payment
+/// is no longer in the state the guard expects).
+async fn mark_payments<'a>(
     conn: &mut Conn<'_>,
     commands: &'a [Command<LedgerGuard>],
     now_ms: i64,
-) -> Result<RefundDueMarks<'a>, BackendError> {
+    mark: &'static str,
+    pick: impl Fn(&'a LedgerGuard) -> Option<(&'a str, Option<&'a str>)>,
+) -> Result<Marks<'a>, BackendError> {
     let err = db_err(conn);
     let mut marked = Vec::new();
     let mut refused = Vec::new();
     for (i, command) in commands.iter().enumerate() {
-        let Command::Guarded(LedgerGuard::RefundDue(guard), _) = command else {
+        let Command::Guarded(guard, _) = command else {
             continue;
         };
-        let done = on_conn!(conn, c => sqlx::query(MARK_REFUND_DUE)
-            .bind(&guard.payment_id)
-            .bind(&guard.payer_address)
+        let Some((payment_id, value)) = pick(guard) else {
+            continue;
+        };
+        let done = on_conn!(conn, c => sqlx::query(mark)
+            .bind(payment_id)
+            .bind(value)
             .bind(now_ms)
             .execute(&mut **c).await.map_err(&err)?.rows_affected());
         if done == 0 {
             refused.push((i, GuardRefusal::PaymentTaken));
         } else {
-            marked.push((i, guard.payment_id.as_str()));
+            marked.push((i, payment_id));
         }
     }
     Ok((marked, refused))
 }
 
-/// A refund-due guard whose reversal failed leaves its payment settled, as it was.
-async fn unmark_failed_refunds_due(
-    conn: &mut Conn<'_>,
-    marked: &[(usize, &str)],
-    results: &[CommandResult<LedgerGuard>],
-    now_ms: i64,
-) -> Result<(), BackendError> {
-    let err = db_err(conn);
-    for (i, payment_id) in marked {
-        if !results[*i].applied() {
-            on_conn!(conn, c => sqlx::query(UNMARK_REFUND_DUE)
-                .bind(*payment_id)
-                .bind(now_ms)
-                .execute(&mut **c).await.map_err(&err)?.rows_affected());
-        }
-    }
-    Ok(())
-}
-
-/// What the batch's settle guards did: the payments marked settled, and the refusals.
-type SettleMarks<'a> = (Vec<(usize, &'a str)>, Vec<(usize, GuardRefusal)>);
-
-/// The batch's settle guards: mark each payment settled; refuse those not claimed or pending.
+/// The settle guards: mark each payment settled; refuse those not claimed or pending.
 async fn mark_settled<'a>(
     conn: &mut Conn<'_>,
     commands: &'a [Command<LedgerGuard>],
     now_ms: i64,
-) -> Result<SettleMarks<'a>, BackendError> {
-    let err = db_err(conn);
-    let mut marked = Vec::new();
-    let mut refused = Vec::new();
-    for (i, command) in commands.iter().enumerate() {
-        let Command::Guarded(LedgerGuard::Settle(guard), _) = command else {
-            continue;
-        };
-        let done = on_conn!(conn, c => sqlx::query(MARK_SETTLED)
-            .bind(&guard.payment_id)
-            .bind(&guard.reference)
-            .bind(now_ms)
-            .execute(&mut **c).await.map_err(&err)?.rows_affected());
-        if done == 0 {
-            refused.push((i, GuardRefusal::PaymentTaken));
-        } else {
-            marked.push((i, guard.payment_id.as_str()));
-        }
-    }
-    Ok((marked, refused))
+) -> Result<Marks<'a>, BackendError> {
+    mark_payments(conn, commands, now_ms, MARK_SETTLED, |guard| match guard {
+        LedgerGuard::Settle(g) => Some((g.payment_id.as_str(), Some(g.reference.as_str()))),
+        _ => None,
+    })
+    .await
 }
 
-/// A settle guard whose transfers failed leaves its payment pending again (the resolver retries).
-async fn unmark_failed_settlements(
+/// The refund-due guards: mark each settled outside-rail payment `refund_due`; refuse those
+/// not settled (any more).
+async fn mark_refund_due<'a>(
     conn: &mut Conn<'_>,
-    settled: &[(usize, &str)],
+    commands: &'a [Command<LedgerGuard>],
+    now_ms: i64,
+) -> Result<Marks<'a>, BackendError> {
+    mark_payments(
+        conn,
+        commands,
+        now_ms,
+        MARK_REFUND_DUE,
+        |guard| match guard {
+            LedgerGuard::RefundDue(g) => Some((g.payment_id.as_str(), g.payer_address.as_deref())),
+            _ => None,
+        },
+    )
+    .await
+}
+
+/// Put back the payments `marked` whose commands failed, with `unmark` (binds: the payment id,
+/// now): a failed settlement is pending again (the resolver retries); a failed reversal leaves
+/// its payment settled, as it was.
+async fn unmark_failed(
+    conn: &mut Conn<'_>,
+    marked: &[(usize, &str)],
     results: &[CommandResult<LedgerGuard>],
     now_ms: i64,
+    unmark: &'static str,
 ) -> Result<(), BackendError> {
     let err = db_err(conn);
-    for (i, payment_id) in settled {
+    for (i, payment_id) in marked {
         if !results[*i].applied() {
-            on_conn!(conn, c => sqlx::query(UNMARK_SETTLED)
+            on_conn!(conn, c => sqlx::query(unmark)
                 .bind(*payment_id)
                 .bind(now_ms)
                 .execute(&mut **c).await.map_err(&err)?.rows_affected());
