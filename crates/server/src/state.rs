@@ -9,7 +9,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use turnpike_ledger::{AccountFlags, AccountId, AccountKind, NewAccount};
 use turnpike_policy::{KeyRing, SigningKey};
-use turnpike_rails::balance::{Issuer, IssuerError};
+use turnpike_rails::balance::{Issuer, IssuerError, SignedGrants};
 use turnpike_store::{Store, StoreEngine, TenantRow};
 
 use crate::cache::TtlCache;
@@ -85,6 +85,8 @@ pub struct Inner {
     keys: RwLock<KeyRing>,
     /// The public side of `keys`, as the `turnpike` rail verifies grants with it.
     issuer: RwLock<Arc<Issuer>>,
+    /// Grants signed here and not yet verified (their signatures need no second check).
+    signed_grants: Arc<SignedGrants>,
     accounts_known: Mutex<HashSet<u128>>,
 }
 
@@ -162,7 +164,9 @@ impl AppState {
         test_clock: Option<Arc<turnpike_ledger::ManualClock>>,
     ) -> anyhow::Result<Self> {
         let keys = load_keys(&store, engine.now_ms()).await?;
-        let issuer = issuer_of(&config, &keys).map_err(|err| anyhow::anyhow!("{err}"))?;
+        let signed_grants = Arc::new(SignedGrants::new());
+        let issuer =
+            issuer_of(&config, &keys, &signed_grants).map_err(|err| anyhow::anyhow!("{err}"))?;
         let http = reqwest::Client::builder()
             .timeout(config.upstream_timeout)
             .redirect(reqwest::redirect::Policy::none())
@@ -179,6 +183,7 @@ impl AppState {
             deposits: crate::deposits::DepositReadings::default(),
             keys: RwLock::new(keys),
             issuer: RwLock::new(issuer),
+            signed_grants,
             accounts_known: Mutex::new(HashSet::new()),
         })))
     }
@@ -199,7 +204,7 @@ impl AppState {
                 tracing::error!(error = %err, "loading signing keys failed");
                 ApiError::unavailable("signing keys unavailable")
             })?;
-        let issuer = issuer_of(&self.config, &keys).map_err(|err| {
+        let issuer = issuer_of(&self.config, &keys, &self.signed_grants).map_err(|err| {
             tracing::error!(error = %err, "the signing keys do not make an issuer");
             ApiError::internal()
         })?;
@@ -220,6 +225,12 @@ impl AppState {
             Ok(issuer) => issuer.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
+    }
+
+    /// Record a grant just signed here (see [`SignedGrants`]).
+    pub fn remember_grant(&self, grant: &str, exp_s: i64) {
+        self.signed_grants
+            .remember(grant, exp_s, self.now_ms().div_euclid(1000));
     }
 
     /// Reload the signing keys and return the issuer they make.
@@ -306,8 +317,13 @@ impl AppState {
 }
 
 /// The grant issuer of a key ring: its public keys as published in the JWKS.
-fn issuer_of(config: &Config, keys: &KeyRing) -> Result<Arc<Issuer>, IssuerError> {
-    Issuer::from_jwks(config.public_url.clone(), &keys.jwks()).map(Arc::new)
+fn issuer_of(
+    config: &Config,
+    keys: &KeyRing,
+    signed: &Arc<SignedGrants>,
+) -> Result<Arc<Issuer>, IssuerError> {
+    Issuer::from_jwks(config.public_url.clone(), &keys.jwks())
+        .map(|issuer| Arc::new(issuer.with_signed(signed.clone())))
 }
 
 async fn load_keys(store: &Store, now_ms: i64) -> anyhow::Result<KeyRing> {

@@ -18,7 +18,7 @@ use turnpike_protocol::Credential;
 
 pub use grant::{
     GRANT_LEN_MAX_BYTES, GRANT_TYP, GrantClaims, GrantError, IAT_SKEW_MAX_S, ISSUER_KEYS_MAX,
-    Issuer, IssuerError,
+    Issuer, IssuerError, SIGNED_GRANTS_MAX, SignedGrants,
 };
 
 use crate::{
@@ -418,7 +418,7 @@ fn read_record(prepared: &Prepared) -> Option<(Recorded, u128, u128)> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
+    use std::sync::{Arc, Mutex};
 
     use base64::Engine as _;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -664,6 +664,57 @@ mod tests {
                 "grant: bad signature",
             );
         }
+    }
+
+    #[test]
+    fn a_grant_signed_here_is_taken_once_and_others_are_still_checked() {
+        let signed = Arc::new(SignedGrants::new());
+        let issuer = issuer().with_signed(signed.clone());
+        let grant = grant_with(&claims());
+        signed.remember(&grant, NOW_S + 358, NOW_S);
+        assert_eq!(signed.len(), 1);
+        let claims = issuer.verify(&grant, NOW_S).unwrap();
+        assert_eq!(claims.jti, JTI);
+        // Taken: presenting it again verifies its signature in full (and it holds).
+        assert!(signed.is_empty());
+        assert_eq!(issuer.verify(&grant, NOW_S).unwrap().jti, JTI);
+        // A grant not recorded here is checked: tampered claims are refused.
+        let parts: Vec<&str> = grant.split('.').collect();
+        let mut cheaper = self::claims();
+        cheaper["amt"] = json!("1");
+        let tampered = format!("{}.{}.{}", parts[0], b64_json(&cheaper), parts[2]);
+        assert_eq!(
+            issuer.verify(&tampered, NOW_S).unwrap_err(),
+            GrantError::BadSignature
+        );
+        // A recorded grant still has its header and time window checked: under a kid the
+        // issuer does not list, or expired, it is refused and stays recorded.
+        let header = json!({"alg": "EdDSA", "typ": GRANT_TYP, "kid": kid(3)});
+        let retired = sign(&key(3), &header, &self::claims());
+        signed.remember(&retired, NOW_S + 358, NOW_S);
+        assert_eq!(
+            issuer.verify(&retired, NOW_S).unwrap_err(),
+            GrantError::UnknownKey
+        );
+        let again = grant_with(&self::claims());
+        signed.remember(&again, NOW_S + 358, NOW_S);
+        assert_eq!(
+            issuer.verify(&again, NOW_S + 358).unwrap_err(),
+            GrantError::Expired
+        );
+    }
+
+    #[test]
+    fn the_signed_grants_record_is_bounded() {
+        let signed = SignedGrants::new();
+        for n in 0..SIGNED_GRANTS_MAX {
+            signed.remember(&format!("g{n}"), NOW_S - 1, NOW_S - 10);
+        }
+        signed.remember("fresh", NOW_S + 60, NOW_S);
+        // The expired were dropped to make room; the fresh one is kept.
+        assert_eq!(signed.len(), 1);
+        assert!(signed.take("fresh"));
+        assert!(!signed.take("fresh"));
     }
 
     #[test]

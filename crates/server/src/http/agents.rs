@@ -658,6 +658,7 @@ async fn reserve_and_grant(
             .div_euclid(1000),
     };
     let grant = state.keys().sign_grant(&claims);
+    state.remember_grant(&grant, claims.exp);
     let c = &p.challenge;
     let credential = Credential {
         challenge: c.echo(),
