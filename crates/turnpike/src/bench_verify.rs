@@ -524,14 +524,35 @@ fn micros(since: Instant) -> u32 {
     u32::try_from(since.elapsed().as_micros()).unwrap_or(u32::MAX)
 }
 
+/// The endpoints a cycle calls, parsed once (not per request).
+#[derive(Clone)]
+struct Endpoints {
+    challenges: reqwest::Url,
+    pay: reqwest::Url,
+    verify: reqwest::Url,
+}
+
+impl Endpoints {
+    fn of(api: &str) -> anyhow::Result<Self> {
+        let url = |path: &str| {
+            reqwest::Url::parse(&format!("{api}{path}")).with_context(|| format!("--api {api}"))
+        };
+        Ok(Self {
+            challenges: url("/v1/challenges")?,
+            pay: url("/v1/agent/pay")?,
+            verify: url("/v1/verify")?,
+        })
+    }
+}
+
 async fn call(
     client: &reqwest::Client,
-    url: &str,
+    url: &reqwest::Url,
     bearer: &str,
     body: &Value,
 ) -> Result<Value, String> {
     let response = client
-        .post(url)
+        .post(url.clone())
         .bearer_auth(bearer)
         .json(body)
         .send()
@@ -551,6 +572,7 @@ async fn call(
 
 async fn one_cycle(
     client: &reqwest::Client,
+    urls: &Endpoints,
     args: &LoadArgs,
     key: &str,
     token: &str,
@@ -558,7 +580,7 @@ async fn one_cycle(
 ) -> Result<(), String> {
     let start = Instant::now();
     let facts = json!({"method": "GET", "path": args.path});
-    let decision = call(client, &format!("{}/v1/challenges", args.api), key, &facts).await?;
+    let decision = call(client, &urls.challenges, key, &facts).await?;
     s.challenge.push(micros(start));
     if args.mode == LoadMode::Challenges {
         return Ok(());
@@ -573,20 +595,14 @@ async fn one_cycle(
         })
         .unwrap_or_default();
     let t = Instant::now();
-    let paid = call(
-        client,
-        &format!("{}/v1/agent/pay", args.api),
-        token,
-        &json!({"challenges": challenges}),
-    )
-    .await?;
+    let paid = call(client, &urls.pay, token, &json!({"challenges": challenges})).await?;
     s.pay.push(micros(t));
     if args.mode == LoadMode::Pay {
         return Ok(());
     }
     let t = Instant::now();
     let body = json!({"authorization": paid["authorization"], "method": "GET", "path": args.path});
-    let verdict = call(client, &format!("{}/v1/verify", args.api), key, &body).await?;
+    let verdict = call(client, &urls.verify, key, &body).await?;
     s.verify.push(micros(t));
     if verdict["decision"] != "paid" {
         return Err(format!(
@@ -631,7 +647,8 @@ pub async fn load(args: LoadArgs) -> anyhow::Result<()> {
         .build()?;
     // Warm up: one cycle, so connection set-up is not measured.
     let mut warm = Samples::default();
-    one_cycle(&client, &args, &key, &tokens[0], &mut warm)
+    let urls = Endpoints::of(&args.api)?;
+    one_cycle(&client, &urls, &args, &key, &tokens[0], &mut warm)
         .await
         .map_err(|e| anyhow::anyhow!("warm-up failed: {e}"))?;
     let deadline = Instant::now() + Duration::from_secs(args.duration_s);
@@ -639,11 +656,11 @@ pub async fn load(args: LoadArgs) -> anyhow::Result<()> {
     let mut tasks = Vec::new();
     for i in 0..args.concurrency as usize {
         let token = tokens[i % tokens.len()].clone();
-        let (client, args, key) = (client.clone(), args.clone(), key.clone());
+        let (client, urls, args, key) = (client.clone(), urls.clone(), args.clone(), key.clone());
         tasks.push(tokio::spawn(async move {
             let mut s = Samples::default();
             while Instant::now() < deadline {
-                match one_cycle(&client, &args, &key, &token, &mut s).await {
+                match one_cycle(&client, &urls, &args, &key, &token, &mut s).await {
                     Ok(()) => s.ok += 1,
                     Err(e) => {
                         s.errors += 1;

@@ -1,0 +1,97 @@
+//! Black-box tests of `turnpike bench verify` and `turnpike bench pay`: the real binary starts
+//! `turnpike serve` and its separate load generator on SQLite (its own temporary directory) and
+//! on PostgreSQL (a database on the private server `turnpike_store::testing` starts). A short,
+//! light run must complete paid cycles without an error, print well-formed figures and leave a
+//! consistent ledger. Never a test of speed.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use serde_json::Value;
+use support::describe;
+use turnpike_store::on_both_databases;
+use turnpike_store::testing::{Kind, TestDb};
+
+on_both_databases!(
+    bench_verify_pays_full_cycles_and_leaves_a_consistent_ledger,
+    bench_pay_reserves_under_a_policy_and_leaves_a_consistent_ledger,
+);
+
+/// Run `turnpike bench <what> --json` on `db` with a light load; its one line of JSON.
+async fn bench_json(db: &TestDb, what: &str) -> Value {
+    let mut args = vec![
+        "bench",
+        what,
+        "--concurrency",
+        "4",
+        "--duration-s",
+        "1",
+        "--json",
+    ];
+    match db.kind {
+        Kind::Sqlite => args.extend(["--backend", "sqlite"]),
+        Kind::Postgres => args.extend(["--backend", "postgres", "--database-url", &db.url]),
+    }
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_turnpike"))
+        .args(&args)
+        .env_remove("DATABASE_URL")
+        .env_remove("TURNPIKE_DATA_DIR")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("run the turnpike binary");
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let stdout = String::from_utf8(out.stdout.clone()).unwrap();
+    let lines: Vec<&str> = stdout.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{}", describe(&out));
+    serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", describe(&out)))
+}
+
+/// A phase's figures: some work done, none failed, latencies ordered.
+fn assert_phase(phase: &Value, steps: &[&str], line: &Value) {
+    let ok = phase["ok"].as_u64().unwrap_or(0);
+    assert!(ok > 0, "nothing completed: {line}");
+    assert_eq!(phase["errors"].as_u64(), Some(0), "{line}");
+    let per_s = phase["perSecond"].as_f64().unwrap_or(0.0);
+    assert!(per_s > 0.0, "{line}");
+    for step in steps {
+        let s = &phase["latencyMs"][step];
+        let (p50, p99, max) = (
+            s["p50"].as_f64().unwrap(),
+            s["p99"].as_f64().unwrap(),
+            s["max"].as_f64().unwrap(),
+        );
+        assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{step}: {line}");
+        // One sample per completed step: a cycle counted is a cycle measured.
+        assert!(s["count"].as_u64().unwrap() >= ok, "{step}: {line}");
+    }
+}
+
+fn backend(db: &TestDb) -> &'static str {
+    match db.kind {
+        Kind::Sqlite => "sqlite",
+        Kind::Postgres => "postgres",
+    }
+}
+
+async fn bench_verify_pays_full_cycles_and_leaves_a_consistent_ledger(db: &TestDb) {
+    let line = bench_json(db, "verify").await;
+    assert_eq!(line["backend"].as_str(), Some(backend(db)), "{line}");
+    assert_eq!(line["concurrency"].as_u64(), Some(4), "{line}");
+    assert_phase(
+        &line["cycle"],
+        &["challenge", "pay", "verify", "cycle"],
+        &line,
+    );
+    assert_phase(&line["challenges"], &["challenge"], &line);
+    assert_eq!(line["ledgerCheckOk"].as_bool(), Some(true), "{line}");
+}
+
+async fn bench_pay_reserves_under_a_policy_and_leaves_a_consistent_ledger(db: &TestDb) {
+    let line = bench_json(db, "pay").await;
+    assert_eq!(line["backend"].as_str(), Some(backend(db)), "{line}");
+    assert_eq!(line["agents"].as_u64(), Some(4), "{line}");
+    assert_phase(&line["pay"], &["challenge", "pay"], &line);
+    assert_eq!(line["ledgerCheckOk"].as_bool(), Some(true), "{line}");
+}
