@@ -94,7 +94,7 @@ async fn start_engine(store: &Store, config: EngineConfig) -> anyhow::Result<Sto
                 }
             };
             runtime.block_on(async move {
-                match store.reconnect().await {
+                match store.reconnect_writer().await {
                     Ok(own) => {
                         let _ = tx.send(Ok(Engine::start(Arc::new(own), config)));
                         // The writer runs here for the life of the process.

@@ -118,7 +118,7 @@ impl Store {
 
     async fn open_sqlite_with(options: SqliteConnectOptions) -> Result<Self, StoreError> {
         let store = Self {
-            db: Db::Sqlite(sqlite::open(options).await?),
+            db: Db::Sqlite(sqlite::open(options, sqlite::POOL_CONNECTIONS_MAX).await?),
         };
         store.migrate().await?;
         Ok(store)
@@ -129,7 +129,7 @@ impl Store {
         let options = PgConnectOptions::from_str(url)
             .map_err(|_| StoreError::Database("invalid postgres url".to_owned()))?;
         let store = Self {
-            db: Db::Postgres(postgres::open(options).await?),
+            db: Db::Postgres(postgres::open(options, postgres::POOL_CONNECTIONS_MAX).await?),
         };
         store.migrate().await?;
         Ok(store)
@@ -139,16 +139,31 @@ impl Store {
     /// another Tokio runtime (a connection belongs to the runtime that opened it). An in-memory
     /// SQLite database cannot be shared: that store is returned as is.
     pub async fn reconnect(&self) -> Result<Self, StoreError> {
+        self.reconnect_with(None).await
+    }
+
+    /// Like [`Store::reconnect`], with a single connection: for the ledger engine's writer,
+    /// which runs one batch at a time. Its one connection keeps its caches warm from batch to
+    /// batch (SQLite's page cache, which another connection's commit would empty; PostgreSQL's
+    /// prepared statements and plans), where a pool would hand each batch the least recently
+    /// used connection.
+    pub async fn reconnect_writer(&self) -> Result<Self, StoreError> {
+        self.reconnect_with(Some(1)).await
+    }
+
+    async fn reconnect_with(&self, connections: Option<u32>) -> Result<Self, StoreError> {
         let db = match &self.db {
             Db::Sqlite(pool) => {
                 let options = (*pool.connect_options()).clone();
                 if options.get_filename().as_os_str() == ":memory:" {
                     return Ok(self.clone());
                 }
-                Db::Sqlite(sqlite::open(options).await?)
+                let n = connections.unwrap_or(sqlite::POOL_CONNECTIONS_MAX);
+                Db::Sqlite(sqlite::open(options, n).await?)
             }
             Db::Postgres(pool) => {
-                Db::Postgres(postgres::open((*pool.connect_options()).clone()).await?)
+                let n = connections.unwrap_or(postgres::POOL_CONNECTIONS_MAX);
+                Db::Postgres(postgres::open((*pool.connect_options()).clone(), n).await?)
             }
         };
         Ok(Self { db })

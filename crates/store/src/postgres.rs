@@ -27,7 +27,7 @@ use crate::rows::{
 };
 
 /// Connections per pool (per replica).
-const POOL_CONNECTIONS_MAX: u32 = 16;
+pub(crate) const POOL_CONNECTIONS_MAX: u32 = 16;
 /// How long to wait for a free connection.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -157,9 +157,12 @@ const CHECK_PENDING: &str = "SELECT p.transfer_id, p.state, p.expires_at_ms, t.k
 /// to the batch.
 const BEGIN_BATCH: &str = "BEGIN; SET LOCAL enable_seqscan = off";
 
-pub(crate) async fn open(options: PgConnectOptions) -> Result<PgPool, StoreError> {
+pub(crate) async fn open(
+    options: PgConnectOptions,
+    connections: u32,
+) -> Result<PgPool, StoreError> {
     Ok(PgPoolOptions::new()
-        .max_connections(POOL_CONNECTIONS_MAX)
+        .max_connections(connections.max(1))
         .acquire_timeout(ACQUIRE_TIMEOUT)
         .connect_with(options)
         .await?)

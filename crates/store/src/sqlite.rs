@@ -30,7 +30,7 @@ use crate::rows::{
 /// How long a writer waits for another connection's write lock before `SQLITE_BUSY`.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections per pool (one writer at a time; the rest read from WAL snapshots).
-const POOL_CONNECTIONS_MAX: u32 = 8;
+pub(crate) const POOL_CONNECTIONS_MAX: u32 = 8;
 
 const SELECT_TRANSFERS: &str = concat!(
     "SELECT ",
@@ -123,7 +123,10 @@ const CHECK_PENDING: &str = "SELECT p.transfer_id, p.state, p.expires_at_ms, t.k
      ORDER BY p.transfer_id";
 
 /// Open (creating the file if needed) with the store's pragmas.
-pub(crate) async fn open(options: SqliteConnectOptions) -> Result<SqlitePool, StoreError> {
+pub(crate) async fn open(
+    options: SqliteConnectOptions,
+    connections: u32,
+) -> Result<SqlitePool, StoreError> {
     let in_memory = options.get_filename().as_os_str() == ":memory:";
     let options = options
         .create_if_missing(true)
@@ -138,7 +141,7 @@ pub(crate) async fn open(options: SqliteConnectOptions) -> Result<SqlitePool, St
         // read on every batch, and re-reading their pages from the OS cost ~4% of a hot run.
         .pragma("cache_size", "-65536");
     // Every connection to `:memory:` is its own database: keep to one.
-    let connections = if in_memory { 1 } else { POOL_CONNECTIONS_MAX };
+    let connections = if in_memory { 1 } else { connections.max(1) };
     Ok(SqlitePoolOptions::new()
         .max_connections(connections)
         .connect_with(options)
