@@ -258,11 +258,16 @@ const PG_INSERT_PAYMENTS: &str = "INSERT INTO payments (id, tenant_id, challenge
      $6::TEXT[], $7::TEXT[], $8::TEXT[], $9::TEXT[], $10::BIGINT[], $11::TEXT[], $12::TEXT[], \
      $13::BIGINT[], $14::BIGINT[]) \
      ON CONFLICT DO NOTHING RETURNING id";
-const SQLITE_INSERT_PAYMENT: &str = "INSERT INTO payments (id, tenant_id, challenge_id, \
+// SQLite: the rows as one JSON array, unpacked with `json_each` (one statement per batch, as
+// on PostgreSQL; `WHERE true` lets the upsert clause follow a SELECT).
+const SQLITE_INSERT_PAYMENTS: &str = "INSERT INTO payments (id, tenant_id, challenge_id, \
      proof_key, state, method, amount, currency, price_id, price_version, payer_tenant_id, \
      reference, created_at, updated_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
-     ON CONFLICT DO NOTHING";
+     SELECT value->>'id', value->>'tenant_id', value->>'challenge_id', value->>'proof_key', \
+     value->>'state', value->>'method', value->>'amount', value->>'currency', \
+     value->>'price_id', value->>'price_version', value->>'payer_tenant_id', \
+     value->>'reference', value->>'created_at', value->>'updated_at' \
+     FROM json_each($1) WHERE true ON CONFLICT DO NOTHING RETURNING id";
 const DELETE_PAYMENT: &str = "DELETE FROM payments WHERE id = $1";
 const MARK_SETTLED: &str = "UPDATE payments SET state = 'settled', reference = $2, \
      updated_at = $3 WHERE id = $1 AND state IN ('claimed', 'pending')";
@@ -366,8 +371,7 @@ async fn unmark_failed(
     Ok(())
 }
 
-/// Insert the batch's payment rows (PostgreSQL: one statement; SQLite: one per row, in
-/// process); one refusal slot per command.
+/// Insert the batch's payment rows in one statement; one refusal slot per command.
 async fn record_payments<'a>(
     conn: &mut Conn<'_>,
     commands: &'a [Command<LedgerGuard>],
@@ -414,31 +418,25 @@ async fn record_payments<'a>(
             ids.into_iter().map(|(id,)| id).collect()
         }
         Conn::Lite(c) => {
-            let mut inserted = HashSet::with_capacity(rows.len());
-            for (_, r) in &rows {
-                let done = sqlx::query(SQLITE_INSERT_PAYMENT)
-                    .bind(&r.id)
-                    .bind(&r.tenant_id)
-                    .bind(&r.challenge_id)
-                    .bind(&r.proof_key)
-                    .bind(&r.state)
-                    .bind(&r.method)
-                    .bind(&r.amount)
-                    .bind(&r.currency)
-                    .bind(&r.price_id)
-                    .bind(r.price_version)
-                    .bind(&r.payer_tenant_id)
-                    .bind(&r.reference)
-                    .bind(r.created_at)
-                    .bind(r.updated_at)
-                    .execute(&mut **c)
-                    .await
-                    .map_err(&err)?;
-                if done.rows_affected() == 1 {
-                    inserted.insert(r.id.clone());
-                }
-            }
-            inserted
+            let json: Vec<serde_json::Value> = rows
+                .iter()
+                .map(|(_, r)| {
+                    serde_json::json!({
+                        "id": r.id, "tenant_id": r.tenant_id, "challenge_id": r.challenge_id,
+                        "proof_key": r.proof_key, "state": r.state, "method": r.method,
+                        "amount": r.amount, "currency": r.currency, "price_id": r.price_id,
+                        "price_version": r.price_version, "payer_tenant_id": r.payer_tenant_id,
+                        "reference": r.reference, "created_at": r.created_at,
+                        "updated_at": r.updated_at,
+                    })
+                })
+                .collect();
+            let ids: Vec<(String,)> = sqlx::query_as(SQLITE_INSERT_PAYMENTS)
+                .bind(serde_json::Value::Array(json).to_string())
+                .fetch_all(&mut **c)
+                .await
+                .map_err(&err)?;
+            ids.into_iter().map(|(id,)| id).collect()
         }
     };
     let refused = refusals(commands, &rows, &inserted);

@@ -587,10 +587,16 @@ async fn measure_some(
         .collect())
 }
 
-const INSERT_SPEND_SQLITE: &str = "INSERT INTO agent_spends (id, tenant_id, agent_id, token_id, \
-     lineage, challenge_id, merchant_id, method, amount, amount_l0, amount_l1, amount_l2, \
-     currency, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
-     ON CONFLICT DO NOTHING";
+// SQLite: the rows as one JSON array, unpacked with `json_each` (`WHERE true` lets the upsert
+// clause follow a SELECT).
+const INSERT_SPENDS_SQLITE: &str = "INSERT INTO agent_spends (id, tenant_id, agent_id, \
+     token_id, lineage, challenge_id, merchant_id, method, amount, amount_l0, amount_l1, \
+     amount_l2, currency, created_at) \
+     SELECT value->>'id', value->>'tenant_id', value->>'agent_id', value->>'token_id', \
+     value->>'lineage', value->>'challenge_id', value->>'merchant_id', value->>'method', \
+     value->>'amount', value->>'l0', value->>'l1', value->>'l2', value->>'currency', \
+     value->>'created_at' \
+     FROM json_each($1) WHERE true ON CONFLICT DO NOTHING RETURNING id";
 const INSERT_SPENDS_PG: &str = "INSERT INTO agent_spends (id, tenant_id, agent_id, token_id, \
      lineage, challenge_id, merchant_id, method, amount, amount_l0, amount_l1, amount_l2, \
      currency, created_at) \
@@ -638,32 +644,26 @@ async fn insert_spends(
             Ok(rows.into_iter().map(|(id,)| id).collect())
         }
         Conn::Lite(c) => {
-            let mut inserted = HashSet::with_capacity(spends.len());
-            for g in spends {
-                let [l0, l1, l2] = limbs(g.amount);
-                let done = sqlx::query(INSERT_SPEND_SQLITE)
-                    .bind(g.spend_id.to_string())
-                    .bind(&g.tenant_id)
-                    .bind(&g.agent_id)
-                    .bind(&g.token_id)
-                    .bind(&g.lineage)
-                    .bind(&g.challenge_id)
-                    .bind(&g.merchant_id)
-                    .bind(&g.method)
-                    .bind(g.amount.to_string())
-                    .bind(l0)
-                    .bind(l1)
-                    .bind(l2)
-                    .bind(&g.currency)
-                    .bind(now_ms)
-                    .execute(&mut **c)
-                    .await
-                    .map_err(&err)?;
-                if done.rows_affected() == 1 {
-                    inserted.insert(g.spend_id.to_string());
-                }
-            }
-            Ok(inserted)
+            let rows: Vec<serde_json::Value> = spends
+                .iter()
+                .map(|g| {
+                    let [l0, l1, l2] = limbs(g.amount);
+                    serde_json::json!({
+                        "id": g.spend_id.to_string(), "tenant_id": g.tenant_id,
+                        "agent_id": g.agent_id, "token_id": g.token_id, "lineage": g.lineage,
+                        "challenge_id": g.challenge_id, "merchant_id": g.merchant_id,
+                        "method": g.method, "amount": g.amount.to_string(),
+                        "l0": l0, "l1": l1, "l2": l2, "currency": g.currency,
+                        "created_at": now_ms,
+                    })
+                })
+                .collect();
+            let ids: Vec<(String,)> = sqlx::query_as(INSERT_SPENDS_SQLITE)
+                .bind(json(&rows))
+                .fetch_all(&mut **c)
+                .await
+                .map_err(&err)?;
+            Ok(ids.into_iter().map(|(id,)| id).collect())
         }
     }
 }
@@ -786,7 +786,11 @@ struct AuditInsert<'g> {
 const INSERT_AUDIT_SQLITE: &str = "INSERT INTO audit_log (id, tenant_id, agent_id, token_id, \
      challenge_id, merchant_id, merchant_realm, amount, currency, method, policy_version, \
      outcome, reason, detail, approval_id, created_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)";
+     SELECT value->>'id', value->>'tenant_id', value->>'agent_id', value->>'token_id', \
+     value->>'challenge_id', value->>'merchant_id', value->>'merchant_realm', \
+     value->>'amount', value->>'currency', value->>'method', value->>'policy_version', \
+     value->>'outcome', value->>'reason', value->>'detail', value->>'approval_id', \
+     value->>'created_at' FROM json_each($1)";
 const INSERT_AUDIT_PG: &str = "INSERT INTO audit_log (id, tenant_id, agent_id, token_id, \
      challenge_id, merchant_id, merchant_realm, amount, currency, method, policy_version, \
      outcome, reason, detail, approval_id, created_at) \
@@ -832,28 +836,26 @@ async fn insert_audit(
                 .map_err(&err)?;
         }
         Conn::Lite(c) => {
-            for r in rows {
-                sqlx::query(INSERT_AUDIT_SQLITE)
-                    .bind(&r.g.audit_id)
-                    .bind(&r.g.tenant_id)
-                    .bind(&r.g.agent_id)
-                    .bind(&r.g.token_id)
-                    .bind(&r.g.challenge_id)
-                    .bind(&r.g.merchant_id)
-                    .bind(&r.g.merchant_realm)
-                    .bind(r.g.amount.to_string())
-                    .bind(&r.g.currency)
-                    .bind(&r.g.method)
-                    .bind(r.g.policy_version)
-                    .bind(r.outcome)
-                    .bind(&r.reason)
-                    .bind(&r.detail)
-                    .bind(&r.approval)
-                    .bind(now_ms)
-                    .execute(&mut **c)
-                    .await
-                    .map_err(&err)?;
-            }
+            let json_rows: Vec<serde_json::Value> = rows
+                .iter()
+                .map(|r| {
+                    serde_json::json!({
+                        "id": r.g.audit_id, "tenant_id": r.g.tenant_id, "agent_id": r.g.agent_id,
+                        "token_id": r.g.token_id, "challenge_id": r.g.challenge_id,
+                        "merchant_id": r.g.merchant_id, "merchant_realm": r.g.merchant_realm,
+                        "amount": r.g.amount.to_string(), "currency": r.g.currency,
+                        "method": r.g.method, "policy_version": r.g.policy_version,
+                        "outcome": r.outcome, "reason": r.reason, "detail": r.detail,
+                        "approval_id": r.approval, "created_at": now_ms,
+                    })
+                })
+                .collect();
+            let done = sqlx::query(INSERT_AUDIT_SQLITE)
+                .bind(json(&json_rows))
+                .execute(&mut **c)
+                .await
+                .map_err(&err)?;
+            crate::error::expect_rows("audit_log insert", done.rows_affected(), rows.len())?;
         }
     }
     Ok(())
