@@ -524,90 +524,145 @@ fn micros(since: Instant) -> u32 {
     u32::try_from(since.elapsed().as_micros()).unwrap_or(u32::MAX)
 }
 
-/// The endpoints a cycle calls, parsed once (not per request).
-#[derive(Clone)]
-struct Endpoints {
-    challenges: reqwest::Url,
-    pay: reqwest::Url,
-    verify: reqwest::Url,
+/// One keep-alive HTTP/1.1 connection of the load generator: hyper's client connection, with
+/// no pool, no URL parsing and no header map built per request, so that the load generator
+/// takes as little as it can of the machine it measures.
+struct LoadConn {
+    sender: hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>,
+    host: http::HeaderValue,
 }
 
-impl Endpoints {
-    fn of(api: &str) -> anyhow::Result<Self> {
-        let url = |path: &str| {
-            reqwest::Url::parse(&format!("{api}{path}")).with_context(|| format!("--api {api}"))
-        };
+/// The bodies the load generator reads; anything else in them is ignored.
+#[derive(serde::Deserialize)]
+struct ChallengeOut {
+    /// (name, value) pairs.
+    headers: Vec<(String, String)>,
+}
+
+#[derive(serde::Deserialize)]
+struct PayOut {
+    authorization: String,
+}
+
+#[derive(serde::Deserialize)]
+struct VerifyOut {
+    decision: String,
+    #[serde(default)]
+    body: Value,
+}
+
+impl LoadConn {
+    /// Connect to `api` (`http://host:port`).
+    async fn open(api: &str) -> anyhow::Result<Self> {
+        let url = reqwest::Url::parse(api).with_context(|| format!("--api {api}"))?;
+        ensure!(url.scheme() == "http", "--api must be an http:// URL");
+        let host = url.host_str().context("--api names no host")?;
+        let port = url.port_or_known_default().context("--api names no port")?;
+        let stream = tokio::net::TcpStream::connect((host, port))
+            .await
+            .with_context(|| format!("connecting to {api}"))?;
+        stream.set_nodelay(true)?;
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
         Ok(Self {
-            challenges: url("/v1/challenges")?,
-            pay: url("/v1/agent/pay")?,
-            verify: url("/v1/verify")?,
+            sender,
+            host: http::HeaderValue::from_str(&format!("{host}:{port}"))?,
         })
     }
+
+    /// POST `body` as JSON to `path` with `bearer`: the parsed body of a 2xx answer, or the
+    /// error (with the problem's `detail`).
+    async fn post<T: serde::de::DeserializeOwned>(
+        &mut self,
+        path: &'static str,
+        bearer: &http::HeaderValue,
+        body: Vec<u8>,
+    ) -> Result<T, String> {
+        use http_body_util::BodyExt as _;
+        self.sender
+            .ready()
+            .await
+            .map_err(|e| format!("{path}: connection: {e}"))?;
+        let request = http::Request::post(path)
+            .header(http::header::HOST, &self.host)
+            .header(http::header::AUTHORIZATION, bearer)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .map_err(|e| format!("{path}: {e}"))?;
+        let response = self
+            .sender
+            .send_request(request)
+            .await
+            .map_err(|e| format!("{path}: {e}"))?;
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("{path}: body: {e}"))?
+            .to_bytes();
+        if status.is_success() {
+            serde_json::from_slice(&bytes).map_err(|_| format!("{path}: {status}: unexpected body"))
+        } else {
+            let detail = serde_json::from_slice::<Value>(&bytes)
+                .map(|b| b["detail"].to_string())
+                .unwrap_or_else(|_| "no JSON body".to_owned());
+            Err(format!("{path}: {status}: {detail}"))
+        }
+    }
 }
 
-async fn call(
-    client: &reqwest::Client,
-    url: &reqwest::Url,
-    bearer: &str,
-    body: &Value,
-) -> Result<Value, String> {
-    let response = client
-        .post(url.clone())
-        .bearer_auth(bearer)
-        .json(body)
-        .send()
-        .await
-        .map_err(|e| format!("{}", e.without_url()))?;
-    let status = response.status();
-    let body: Value = response
-        .json()
-        .await
-        .map_err(|_| format!("{url}: {status}: no JSON body"))?;
-    if status.is_success() {
-        Ok(body)
-    } else {
-        Err(format!("{url}: {status}: {}", body["detail"]))
-    }
+/// A bearer `Authorization` value.
+fn bearer(token: &str) -> anyhow::Result<http::HeaderValue> {
+    http::HeaderValue::from_str(&format!("Bearer {token}")).context("a token is not a header value")
 }
 
 async fn one_cycle(
-    client: &reqwest::Client,
-    urls: &Endpoints,
+    conn: &mut LoadConn,
     args: &LoadArgs,
-    key: &str,
-    token: &str,
+    key: &http::HeaderValue,
+    token: &http::HeaderValue,
     s: &mut Samples,
 ) -> Result<(), String> {
+    let json = |v: Value| serde_json::to_vec(&v).unwrap_or_default();
     let start = Instant::now();
     let facts = json!({"method": "GET", "path": args.path});
-    let decision = call(client, &urls.challenges, key, &facts).await?;
+    let decision: ChallengeOut = conn
+        .post("/v1/challenges", key, json(facts.clone()))
+        .await?;
     s.challenge.push(micros(start));
     if args.mode == LoadMode::Challenges {
         return Ok(());
     }
-    let challenges: Vec<&str> = decision["headers"]
-        .as_array()
-        .map(|h| {
-            h.iter()
-                .filter(|p| p[0] == "WWW-Authenticate")
-                .filter_map(|p| p[1].as_str())
-                .collect()
-        })
-        .unwrap_or_default();
+    let challenges: Vec<&str> = decision
+        .headers
+        .iter()
+        .filter(|(name, _)| name == "WWW-Authenticate")
+        .map(|(_, value)| value.as_str())
+        .collect();
     let t = Instant::now();
-    let paid = call(client, &urls.pay, token, &json!({"challenges": challenges})).await?;
+    let paid: PayOut = conn
+        .post(
+            "/v1/agent/pay",
+            token,
+            json(json!({"challenges": challenges})),
+        )
+        .await?;
     s.pay.push(micros(t));
     if args.mode == LoadMode::Pay {
         return Ok(());
     }
     let t = Instant::now();
-    let body = json!({"authorization": paid["authorization"], "method": "GET", "path": args.path});
-    let verdict = call(client, &urls.verify, key, &body).await?;
+    let body = json!({"authorization": paid.authorization, "method": "GET", "path": args.path});
+    let verdict: VerifyOut = conn.post("/v1/verify", key, json(body)).await?;
     s.verify.push(micros(t));
-    if verdict["decision"] != "paid" {
+    if verdict.decision != "paid" {
         return Err(format!(
             "verify decided {} ({})",
-            verdict["decision"], verdict["body"]["detail"]
+            verdict.decision, verdict.body["detail"]
         ));
     }
     s.cycle.push(micros(start));
@@ -641,30 +696,41 @@ pub async fn load(args: LoadArgs) -> anyhow::Result<()> {
         (1..=CONCURRENCY_MAX).contains(&args.concurrency),
         "--concurrency must be 1 to {CONCURRENCY_MAX}"
     );
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.concurrency as usize)
-        .timeout(Duration::from_secs(30))
-        .build()?;
-    // Warm up: one cycle, so connection set-up is not measured.
+    let key = bearer(&key)?;
+    let tokens = tokens
+        .iter()
+        .map(|t| bearer(t))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    // One connection per client, opened (and warmed up with one cycle) before the clock starts.
+    let mut conns = Vec::with_capacity(args.concurrency as usize);
+    for _ in 0..args.concurrency {
+        conns.push(LoadConn::open(&args.api).await?);
+    }
     let mut warm = Samples::default();
-    let urls = Endpoints::of(&args.api)?;
-    one_cycle(&client, &urls, &args, &key, &tokens[0], &mut warm)
+    one_cycle(&mut conns[0], &args, &key, &tokens[0], &mut warm)
         .await
         .map_err(|e| anyhow::anyhow!("warm-up failed: {e}"))?;
     let deadline = Instant::now() + Duration::from_secs(args.duration_s);
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for i in 0..args.concurrency as usize {
+    for (i, mut conn) in conns.into_iter().enumerate() {
         let token = tokens[i % tokens.len()].clone();
-        let (client, urls, args, key) = (client.clone(), urls.clone(), args.clone(), key.clone());
+        let (args, key) = (args.clone(), key.clone());
         tasks.push(tokio::spawn(async move {
             let mut s = Samples::default();
             while Instant::now() < deadline {
-                match one_cycle(&client, &urls, &args, &key, &token, &mut s).await {
+                match one_cycle(&mut conn, &args, &key, &token, &mut s).await {
                     Ok(()) => s.ok += 1,
                     Err(e) => {
                         s.errors += 1;
                         s.first_error.get_or_insert(e);
+                        // The connection may be gone: carry on with a new one.
+                        if conn.sender.is_closed() {
+                            match LoadConn::open(&args.api).await {
+                                Ok(fresh) => conn = fresh,
+                                Err(_) => break,
+                            }
+                        }
                     }
                 }
             }
