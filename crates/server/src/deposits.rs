@@ -205,13 +205,37 @@ pub fn spawn_watcher(state: AppState) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(SCAN_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Consecutive failed passes: the first is logged, then one in every
+        // `SCAN_FAILURE_LOG_EVERY` (an RPC down for an hour is 60 lines, not 3,600).
+        let mut failing: u32 = 0;
         loop {
             tick.tick().await;
-            if let Err(err) = scan_once(&state).await {
-                tracing::warn!(error = %err, "deposit scan failed; it is retried");
+            match scan_once(&state).await {
+                Ok(()) => {
+                    if failing > 0 {
+                        tracing::info!(failed_passes = failing, "deposit scan recovered");
+                    }
+                    failing = 0;
+                }
+                Err(err) => {
+                    failing = failing.saturating_add(1);
+                    if logs_scan_failure(failing) {
+                        tracing::warn!(error = %err, failed_passes = failing,
+                            "deposit scan failed; it is retried");
+                    }
+                }
             }
         }
     });
+}
+
+/// One failed pass in this many is logged while the scan keeps failing.
+pub const SCAN_FAILURE_LOG_EVERY: u32 = 60;
+
+/// Whether the `failing`-th consecutive failed pass is logged: the first, then one in every
+/// [`SCAN_FAILURE_LOG_EVERY`].
+fn logs_scan_failure(failing: u32) -> bool {
+    failing == 1 || failing.is_multiple_of(SCAN_FAILURE_LOG_EVERY)
 }
 
 /// One watcher pass: scan up to [`RANGES_PER_PASS_MAX`] ranges of confirmed blocks.
@@ -438,5 +462,30 @@ impl DepositReadings {
              turnpike_deposits_credited_total {}\n",
             self.credited.load(Ordering::Relaxed)
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_scan_is_logged_first_and_then_once_a_minute() {
+        let logged: Vec<u32> = (1..=3 * SCAN_FAILURE_LOG_EVERY)
+            .filter(|n| logs_scan_failure(*n))
+            .collect();
+        assert_eq!(
+            logged,
+            [
+                1,
+                SCAN_FAILURE_LOG_EVERY,
+                2 * SCAN_FAILURE_LOG_EVERY,
+                3 * SCAN_FAILURE_LOG_EVERY
+            ]
+        );
+        assert_eq!(
+            SCAN_INTERVAL * SCAN_FAILURE_LOG_EVERY,
+            Duration::from_secs(60)
+        );
     }
 }
