@@ -534,19 +534,28 @@ impl Store {
         Ok(row.map(payment))
     }
 
-    /// A tenant's payments, newest first; only those in `state` when given.
+    /// A tenant's payments, newest first (by creation time, then id); only those in `state` when
+    /// given; only those after `before` (the creation time and id of the last one of a previous
+    /// page) in that order when given. At most `limit`, up to [`LIST_LIMIT_MAX`] + 1 (so that a
+    /// caller can tell whether another page follows).
     pub async fn payments(
         &self,
         tenant_id: &str,
         state: Option<&str>,
+        before: Option<(i64, &str)>,
         limit: i64,
     ) -> Result<Vec<PaymentRow>, StoreError> {
         let sql = format!(
             "SELECT {PAYMENT_COLUMNS} FROM payments WHERE tenant_id = $1 \
-             AND (CAST($2 AS TEXT) IS NULL OR state = $2) ORDER BY created_at DESC, id DESC LIMIT $3"
+             AND (CAST($2 AS TEXT) IS NULL OR state = $2) \
+             AND (CAST($4 AS BIGINT) IS NULL OR created_at < $4 \
+                  OR (created_at = $4 AND id < CAST($5 AS TEXT))) \
+             ORDER BY created_at DESC, id DESC LIMIT $3"
         );
+        let (before_at, before_id) = before.map_or((None, None), |(at, id)| (Some(at), Some(id)));
         let rows: Vec<PaymentTuple> = on_pool!(self, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
-            .bind(tenant_id).bind(state).bind(limit.clamp(1, LIST_LIMIT_MAX)).fetch_all(pool).await?);
+            .bind(tenant_id).bind(state).bind(limit.clamp(1, LIST_LIMIT_MAX + 1))
+            .bind(before_at).bind(before_id).fetch_all(pool).await?);
         Ok(rows.into_iter().map(payment).collect())
     }
 

@@ -246,7 +246,10 @@ async fn concurrent_payments_of_one_challenge_settle_once(db: &TestDb) {
     }
     assert_eq!((paid, taken), (1, 19));
     assert_eq!(balance(&store, MERCHANT).await, (0, 10));
-    assert_eq!(store.payments(TENANT, None, 100).await.unwrap().len(), 1);
+    assert_eq!(
+        store.payments(TENANT, None, None, 100).await.unwrap().len(),
+        1
+    );
     assert!(store.check().await.unwrap().is_ok());
 }
 
@@ -362,7 +365,7 @@ async fn a_rail_payment_is_reversed_once_into_refund_due_and_refunded_once(db: &
     assert!(booked.iter().all(Result::is_ok));
     assert!(
         store
-            .payments(TENANT, Some("refund_due"), 100)
+            .payments(TENANT, Some("refund_due"), None, 100)
             .await
             .unwrap()
             .is_empty()
@@ -425,7 +428,7 @@ async fn a_rail_payment_is_reversed_once_into_refund_due_and_refunded_once(db: &
         .unwrap();
     assert_eq!(refund.payer_address.as_deref(), Some(PAYER_ADDRESS));
     let due = store
-        .payments(TENANT, Some("refund_due"), 100)
+        .payments(TENANT, Some("refund_due"), None, 100)
         .await
         .unwrap();
     assert_eq!(due.len(), 1);
@@ -485,7 +488,7 @@ async fn a_rail_payment_is_reversed_once_into_refund_due_and_refunded_once(db: &
     assert_eq!(refund.refund_reference.as_deref(), Some(hash.as_str()));
     assert_eq!(
         store
-            .payments(TENANT, Some("refunded"), 100)
+            .payments(TENANT, Some("refunded"), None, 100)
             .await
             .unwrap()
             .len(),
@@ -493,11 +496,14 @@ async fn a_rail_payment_is_reversed_once_into_refund_due_and_refunded_once(db: &
     );
     assert!(
         store
-            .payments(TENANT, Some("refund_due"), 100)
+            .payments(TENANT, Some("refund_due"), None, 100)
             .await
             .unwrap()
             .is_empty()
     );
-    assert_eq!(store.payments(TENANT, None, 100).await.unwrap().len(), 2);
+    assert_eq!(
+        store.payments(TENANT, None, None, 100).await.unwrap().len(),
+        2
+    );
     assert!(store.check().await.unwrap().is_ok());
 }

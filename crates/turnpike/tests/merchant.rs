@@ -45,6 +45,7 @@ on_both_databases!(
     bad_input_is_a_400_problem_and_the_operator_api_needs_its_token,
     the_operator_api_is_off_without_an_admin_token,
     admin_tenant_create_prints_a_key_that_works_on_the_server,
+    payments_are_listed_page_by_page_newest_first,
 );
 
 // Unused reservations void at challenge expiry + RESERVATION_GRACE_MS (60 s,
@@ -1702,4 +1703,121 @@ async fn admin_tenant_create_prints_a_key_that_works_on_the_server(db: &TestDb) 
         describe(&out)
     );
     server.assert_ledger_consistent().await;
+}
+
+async fn payments_are_listed_page_by_page_newest_first(db: &TestDb) {
+    let s = scene(db).await;
+    s.server
+        .price(&s.merchant, "GET", "/report/{id}", 10, None)
+        .await;
+    let mut paid_ids = Vec::new();
+    for n in 0..5 {
+        let path = format!("/report/{n}");
+        let decision = s.server.challenge(&s.merchant, "GET", &path).await;
+        let www = decision_header(&decision, "www-authenticate");
+        let paid = s.server.pay_ok(&s.payer, &www).await;
+        let reply = s
+            .server
+            .verify(
+                &s.merchant,
+                json!(authorization_of(&paid)),
+                "GET",
+                &path,
+                None,
+            )
+            .await;
+        paid_ids.push(
+            expect_paid(&reply)["paymentId"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+
+    // Pages of two: 2 + 2 + 1, each payment once, newest first, the last page without a cursor.
+    let mut listed: Vec<Value> = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let path = match &cursor {
+            None => "/v1/payments?limit=2".to_owned(),
+            Some(c) => format!("/v1/payments?limit=2&cursor={c}"),
+        };
+        let page = s
+            .server
+            .get(&path, &s.merchant.key)
+            .await
+            .expect_status(200)
+            .json();
+        let data = page["data"].as_array().unwrap().clone();
+        pages += 1;
+        assert!(data.len() <= 2, "{page}");
+        listed.extend(data);
+        match page["nextCursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+        assert!(pages < 10, "the cursor never ends");
+    }
+    assert_eq!(pages, 3);
+    let ids: Vec<&str> = listed.iter().map(|p| p["id"].as_str().unwrap()).collect();
+    let mut expected: Vec<&str> = paid_ids.iter().map(String::as_str).collect();
+    let mut sorted = ids.clone();
+    sorted.sort_unstable();
+    expected.sort_unstable();
+    assert_eq!(sorted, expected, "every payment exactly once");
+    let keys: Vec<(String, &str)> = listed
+        .iter()
+        .map(|p| (p["createdAt"].to_string(), p["id"].as_str().unwrap()))
+        .collect();
+    assert!(
+        keys.windows(2).all(|w| w[0] >= w[1]),
+        "newest first: {keys:?}"
+    );
+    // One page of everything has no cursor; the state filter pages the same way.
+    let all = s
+        .server
+        .get("/v1/payments", &s.merchant.key)
+        .await
+        .expect_status(200)
+        .json();
+    assert_eq!(all["data"].as_array().unwrap().len(), 5);
+    assert!(all["nextCursor"].is_null(), "{all}");
+    let settled = s
+        .server
+        .get("/v1/payments?state=settled&limit=4", &s.merchant.key)
+        .await
+        .expect_status(200)
+        .json();
+    assert_eq!(settled["data"].as_array().unwrap().len(), 4);
+    assert!(settled["nextCursor"].is_string(), "{settled}");
+
+    // Bad paging input is a 400 naming the parameter.
+    for (query, field) in [
+        ("limit=0", "limit"),
+        ("limit=1001", "limit"),
+        ("limit=ten", "limit"),
+        ("cursor=not-a-cursor", "cursor"),
+        ("after=x", "after"),
+    ] {
+        let reply = s
+            .server
+            .get(&format!("/v1/payments?{query}"), &s.merchant.key)
+            .await;
+        let problem = reply.expect_problem(400, &tp("invalid-request"));
+        let detail = problem["detail"].as_str().unwrap_or_default().to_owned();
+        assert!(detail.contains(field), "{query}: {detail}");
+    }
+    // Another tenant's cursor position lists only that tenant's own payments.
+    let other = s.server.create_tenant("other-shop").await;
+    let page = s
+        .server
+        .get(
+            &format!("/v1/payments?cursor={}", cursor.unwrap()),
+            &other.key,
+        )
+        .await
+        .expect_status(200)
+        .json();
+    assert_eq!(page["data"].as_array().unwrap().len(), 0, "{page}");
 }

@@ -3,13 +3,15 @@
 use std::str::FromStr;
 
 use axum::Router;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use turnpike_ledger::TransferId;
-use turnpike_store::PaymentRow;
+use turnpike_protocol::b64;
+use turnpike_store::{LIST_LIMIT_MAX, PaymentRow};
 
 use super::{Json, rfc3339};
 use crate::auth::TenantAuth;
@@ -250,16 +252,40 @@ async fn read(
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ListQuery {
     limit: Option<i64>,
     state: Option<String>,
+    /// `nextCursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// Payments per page unless `limit` says otherwise.
+pub const LIST_LIMIT_DEFAULT: i64 = 100;
+
+/// The cursor after `p`: its creation time and id, base64url (opaque to clients).
+fn cursor_after(p: &PaymentRow) -> String {
+    b64::encode(format!("{}:{}", p.created_at, p.id).as_bytes())
+}
+
+/// The position a cursor names, or `None` when it is not one this server issued.
+fn parse_cursor(cursor: &str) -> Option<(i64, String)> {
+    let text = String::from_utf8(b64::decode(cursor).ok()?).ok()?;
+    let (at, id) = text.split_once(':')?;
+    let at = at.parse::<i64>().ok()?;
+    let id_ok = !id.is_empty()
+        && id.len() <= 64
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    id_ok.then(|| (at, id.to_owned()))
 }
 
 async fn list(
     auth: TenantAuth,
     State(state): State<AppState>,
-    Query(q): Query<ListQuery>,
+    query: Result<Query<ListQuery>, QueryRejection>,
 ) -> ApiResult<axum::Json<Value>> {
+    // Serde's message names the parameter: "unknown field `x`", "invalid digit" for `limit`.
+    let Query(q) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
     if let Some(wanted) = q.state.as_deref()
         && !PAYMENT_STATES.contains(&wanted)
     {
@@ -268,13 +294,38 @@ async fn list(
             PAYMENT_STATES.join(", ")
         )));
     }
-    let rows = state
+    let limit = q.limit.unwrap_or(LIST_LIMIT_DEFAULT);
+    if !(1..=LIST_LIMIT_MAX).contains(&limit) {
+        return Err(ApiError::invalid(format!(
+            "`limit` must be 1 to {LIST_LIMIT_MAX}"
+        )));
+    }
+    let before = match q.cursor.as_deref() {
+        None => None,
+        Some(cursor) => Some(parse_cursor(cursor).ok_or_else(|| {
+            ApiError::invalid("`cursor` is not a `nextCursor` this API returned")
+        })?),
+    };
+    let mut rows = state
         .store
-        .payments(&auth.tenant.id, q.state.as_deref(), q.limit.unwrap_or(100))
+        .payments(
+            &auth.tenant.id,
+            q.state.as_deref(),
+            before.as_ref().map(|(at, id)| (*at, id.as_str())),
+            limit + 1,
+        )
         .await?;
+    // One more than asked for was read: if it came, another page follows.
+    let more = rows.len() > usize::try_from(limit).unwrap_or(usize::MAX);
+    rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    let next_cursor = if more {
+        rows.last().map(cursor_after)
+    } else {
+        None
+    };
     let mut data = Vec::with_capacity(rows.len());
     for row in &rows {
         data.push(payment_json(&state, row).await?);
     }
-    Ok(axum::Json(json!({"data": data})))
+    Ok(axum::Json(json!({"data": data, "nextCursor": next_cursor})))
 }
