@@ -630,9 +630,7 @@ async fn one_cycle(
     let json = |v: Value| serde_json::to_vec(&v).unwrap_or_default();
     let start = Instant::now();
     let facts = json!({"method": "GET", "path": args.path});
-    let decision: ChallengeOut = conn
-        .post("/v1/challenges", key, json(facts.clone()))
-        .await?;
+    let decision: ChallengeOut = conn.post("/v1/challenges", key, json(facts)).await?;
     s.challenge.push(micros(start));
     if args.mode == LoadMode::Challenges {
         return Ok(());
