@@ -13,6 +13,7 @@ pub mod ids;
 pub mod method_turnpike;
 pub mod pipeline;
 pub mod rails;
+pub mod refunds;
 pub mod secrets;
 pub mod spend;
 pub mod state;

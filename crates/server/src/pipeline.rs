@@ -62,6 +62,16 @@ impl RequestFacts {
                 "`path` must start with `/`, hold no query and be at most 2048 bytes",
             ));
         }
+        // A path that a server would normalise to another resource is not priced as written.
+        if self
+            .path
+            .split('/')
+            .any(|segment| segment == "." || segment == "..")
+        {
+            return Err(ApiError::invalid(
+                "`path` must be normalised: no `.` or `..` segments",
+            ));
+        }
         self.body_digest
             .as_deref()
             .map(ContentDigest::parse)
@@ -635,10 +645,16 @@ async fn check_credential(
             .unwrap_or_default(),
         )));
     }
-    if match_route(&price.definition.route, &facts.method, &facts.path).is_none() {
+    // A credential pays for the request it was issued for: the challenge's price (any of its
+    // versions) must be the one the catalog charges for this request now, not only one whose
+    // route also matches it (a cheaper `/shop/*` does not pay for `/shop/gold`).
+    let charged = find_price(state, tenant, &facts.method, &facts.path).await?;
+    if match_route(&price.definition.route, &facts.method, &facts.path).is_none()
+        || charged.is_none_or(|charged| charged.id != price.id)
+    {
         return Ok(Err(retry(
             ProblemType::InvalidChallenge,
-            "the challenge was issued for another resource",
+            "the challenge was issued for another resource or price",
         )));
     }
     match echo.expires_at() {

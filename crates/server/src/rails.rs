@@ -565,38 +565,37 @@ pub async fn reverse(
     row: &PaymentRow,
     payer_address: Option<String>,
 ) -> Result<bool, ApiError> {
-    let amount: u128 = row.amount.parse().map_err(|_| ApiError::internal())?;
-    let fee = fee_minor(amount, state.config.platform_fee_bps);
-    let net = amount.checked_sub(fee).ok_or_else(ApiError::internal)?;
-    let clearing = state
-        .account(PLATFORM_OWNER, AccountKind::RailClearing, &row.currency)
-        .await?;
+    // What the payment booked, not what the price or the fee rate say now.
+    let Some(booked) = crate::refunds::booked(state, row).await? else {
+        tracing::error!(payment = %row.id, "a settled rail payment without its booking; not reversed");
+        return Err(ApiError::internal());
+    };
+    let net = booked.net().ok_or_else(ApiError::internal)?;
+    // Back to the accounts it came from: the rail's clearing paid the merchant's revenue.
+    let (clearing, revenue) = (
+        booked.payment.debit_account_id,
+        booked.payment.credit_account_id,
+    );
     let mut transfers = Vec::with_capacity(2);
     if net > 0 {
-        let revenue = state
-            .account(&row.tenant_id, AccountKind::MerchantRevenue, &row.currency)
-            .await?;
         transfers.push(TransferRequest::Transfer {
             id: rail_reversal_id(&row.id),
             debit_account_id: revenue,
             credit_account_id: clearing,
             amount: net,
-            currency: row.currency.clone(),
+            currency: booked.payment.currency.clone(),
             timeout_ms: None,
             code: codes::RAIL_REVERSAL,
             user_data: Some(row.id.clone()),
         });
     }
-    if fee > 0 {
-        let fees = state
-            .account(PLATFORM_OWNER, AccountKind::PlatformFees, &row.currency)
-            .await?;
+    if let Some(fee) = booked.fee.as_ref().filter(|f| f.amount > 0) {
         transfers.push(TransferRequest::Transfer {
             id: rail_fee_reversal_id(&row.id),
-            debit_account_id: fees,
+            debit_account_id: fee.credit_account_id,
             credit_account_id: clearing,
-            amount: fee,
-            currency: row.currency.clone(),
+            amount: fee.amount,
+            currency: fee.currency.clone(),
             timeout_ms: None,
             code: codes::RAIL_FEE_REVERSAL,
             user_data: Some(row.id.clone()),

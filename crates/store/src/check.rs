@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use turnpike_ledger::{Account, AccountId, PendingState, TransferId, TransferKind};
+use turnpike_ledger::{Account, AccountId, AccountKind, PendingState, TransferId, TransferKind};
 
 use crate::error::StoreError;
 use crate::rows::{
@@ -71,15 +71,25 @@ pub enum Violation {
         currency: String,
         /// Posted or pending totals.
         phase: Phase,
-        /// Sum of the accounts' debits.
-        debits: u128,
-        /// Sum of the accounts' credits.
-        credits: u128,
+        /// Sum of the accounts' debits (in decimal: it may exceed u128).
+        debits: String,
+        /// Sum of the accounts' credits (likewise).
+        credits: String,
     },
-    /// A currency's sum over all accounts overflowed u128 (cannot be verified).
-    CurrencySumOverflow {
-        /// Currency.
-        currency: String,
+    /// A merchant's revenue account whose debits (posted and pending) exceed its posted
+    /// credits: more was reversed or refunded from it than it received.
+    RevenueBelowZero {
+        /// Account.
+        account_id: AccountId,
+        /// Posted credits less posted and pending debits (negative), in decimal.
+        available: String,
+    },
+    /// A payment whose row disagrees with the transfers it booked (or its refunds with them).
+    PaymentBooking {
+        /// The payment (`pay_...`).
+        payment_id: String,
+        /// What disagrees.
+        reason: String,
     },
     /// An account's stored total differs from the sum of its transfers.
     AccountTotalMismatch {
@@ -184,9 +194,6 @@ impl fmt::Display for Violation {
                 f,
                 "currency {currency}: {phase:?} debits {debits} != credits {credits}"
             ),
-            Self::CurrencySumOverflow { currency } => {
-                write!(f, "currency {currency}: sum overflows u128")
-            }
             Self::AccountTotalMismatch {
                 account_id,
                 total,
@@ -199,6 +206,16 @@ impl fmt::Display for Violation {
             ),
             Self::AccountTotalOverflow { account_id } => {
                 write!(f, "account {account_id}: its transfers overflow u128")
+            }
+            Self::RevenueBelowZero {
+                account_id,
+                available,
+            } => write!(
+                f,
+                "account {account_id}: merchant revenue below zero (available {available})"
+            ),
+            Self::PaymentBooking { payment_id, reason } => {
+                write!(f, "payment {payment_id}: {reason}")
             }
             Self::AccountBeyondLimits { account_id } => {
                 write!(f, "account {account_id}: totals beyond its flags")
@@ -277,6 +294,8 @@ pub struct CheckReport {
     pub pending_checked: u64,
     /// Currencies whose debits and credits were compared.
     pub currencies_checked: u64,
+    /// Payments tied to their transfers (by [`CheckReport::record_payment`]'s caller).
+    pub payments_checked: u64,
     /// Violations found, at most [`VIOLATIONS_LISTED_MAX`].
     pub violations: Vec<Violation>,
     /// Violations found beyond those listed.
@@ -288,17 +307,38 @@ impl CheckReport {
     pub fn is_ok(&self) -> bool {
         self.violations.is_empty() && self.violations_unlisted == 0
     }
+
+    /// Add a violation (listed while fewer than [`VIOLATIONS_LISTED_MAX`] are).
+    pub fn push(&mut self, violation: Violation) {
+        if self.violations.len() < VIOLATIONS_LISTED_MAX {
+            self.violations.push(violation);
+        } else {
+            self.violations_unlisted += 1;
+        }
+    }
+
+    /// Count one payment checked against its transfers, with what disagrees (if anything).
+    pub fn record_payment(&mut self, payment_id: &str, problems: Vec<String>) {
+        self.payments_checked += 1;
+        for reason in problems {
+            self.push(Violation::PaymentBooking {
+                payment_id: payment_id.to_owned(),
+                reason,
+            });
+        }
+    }
 }
 
 impl fmt::Display for CheckReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "checked {} accounts, {} transfers, {} pending rows, {} currencies: {}",
+            "checked {} accounts, {} transfers, {} pending rows, {} currencies, {} payments: {}",
             self.accounts_checked,
             self.transfers_checked,
             self.pending_checked,
             self.currencies_checked,
+            self.payments_checked,
             if self.is_ok() { "ok" } else { "VIOLATIONS" }
         )?;
         for violation in &self.violations {
@@ -341,12 +381,72 @@ struct Tally {
     recomputed: Totals,
 }
 
+/// A sum of `u128` amounts that cannot overflow in practice: 256 bits as (high, low) halves.
+/// Each account's totals fit u128 (the ledger refuses more), but a currency's sum over many
+/// accounts may not.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Wide {
+    high: u128,
+    low: u128,
+}
+
+impl Wide {
+    fn add(&mut self, amount: u128) {
+        let (low, carried) = self.low.overflowing_add(amount);
+        self.low = low;
+        // 2^128 accounts of u128::MAX cannot exist: the high half never overflows.
+        self.high += u128::from(carried);
+    }
+}
+
+impl Wide {
+    /// `self - amount`, for `self >= amount`.
+    fn minus(self, amount: u128) -> Self {
+        let (low, borrowed) = self.low.overflowing_sub(amount);
+        Self {
+            high: self.high - u128::from(borrowed),
+            low,
+        }
+    }
+}
+
+impl fmt::Display for Wide {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.high == 0 {
+            return write!(f, "{}", self.low);
+        }
+        // Long division by 10^19 (each step's remainder and quotient fit u128).
+        const CHUNK: u128 = 10_000_000_000_000_000_000;
+        let mut limbs = [
+            self.high >> 64,
+            self.high & u128::from(u64::MAX),
+            self.low >> 64,
+            self.low & u128::from(u64::MAX),
+        ];
+        let mut chunks = Vec::new();
+        while limbs.iter().any(|l| *l != 0) {
+            let mut rem = 0u128;
+            for limb in &mut limbs {
+                let cur = (rem << 64) | *limb;
+                *limb = cur / CHUNK;
+                rem = cur % CHUNK;
+            }
+            chunks.push(rem);
+        }
+        let mut out = format!("{}", chunks.pop().unwrap_or(0));
+        for chunk in chunks.iter().rev() {
+            out.push_str(&format!("{chunk:019}"));
+        }
+        f.write_str(&out)
+    }
+}
+
 #[derive(Debug, Default)]
 struct CurrencySums {
-    debits_posted: Option<u128>,
-    credits_posted: Option<u128>,
-    debits_pending: Option<u128>,
-    credits_pending: Option<u128>,
+    debits_posted: Wide,
+    credits_posted: Wide,
+    debits_pending: Wide,
+    credits_pending: Wide,
 }
 
 /// Accumulates the streamed rows; the backend feeds it in order: accounts, transfers, pending.
@@ -358,11 +458,7 @@ pub(crate) struct Checker {
 
 impl Checker {
     fn violation(&mut self, violation: Violation) {
-        if self.report.violations.len() < VIOLATIONS_LISTED_MAX {
-            self.report.violations.push(violation);
-        } else {
-            self.report.violations_unlisted += 1;
-        }
+        self.report.push(violation);
     }
 
     fn unreadable(&mut self, table: &'static str, key: String, err: StoreError) {
@@ -578,24 +674,35 @@ impl Checker {
         Ok(())
     }
 
+    /// A merchant's revenue may not go below zero: more reversed or refunded from it than it
+    /// received is a loss someone has to explain.
+    fn revenue_floor(&mut self, account: &Account) {
+        if account.kind != AccountKind::MerchantRevenue {
+            return;
+        }
+        let mut debits = Wide::default();
+        debits.add(account.debits_posted);
+        debits.add(account.debits_pending);
+        if debits.high > 0 || debits.low > account.credits_posted {
+            self.violation(Violation::RevenueBelowZero {
+                account_id: account.id,
+                available: format!("-{}", debits.minus(account.credits_posted)),
+            });
+        }
+    }
+
     /// Compare what was read and return the report.
     pub(crate) fn finish(mut self) -> CheckReport {
         let accounts = std::mem::take(&mut self.accounts);
         let mut currencies: BTreeMap<String, CurrencySums> = BTreeMap::new();
         for (account_id, tally) in &accounts {
             let stored = &tally.stored;
-            let sums = currencies
-                .entry(stored.currency.clone())
-                .or_insert_with(|| CurrencySums {
-                    debits_posted: Some(0),
-                    credits_posted: Some(0),
-                    debits_pending: Some(0),
-                    credits_pending: Some(0),
-                });
-            add(&mut sums.debits_posted, stored.debits_posted);
-            add(&mut sums.credits_posted, stored.credits_posted);
-            add(&mut sums.debits_pending, stored.debits_pending);
-            add(&mut sums.credits_pending, stored.credits_pending);
+            let sums = currencies.entry(stored.currency.clone()).or_default();
+            sums.debits_posted.add(stored.debits_posted);
+            sums.credits_posted.add(stored.credits_posted);
+            sums.debits_pending.add(stored.debits_pending);
+            sums.credits_pending.add(stored.credits_pending);
+            self.revenue_floor(stored);
 
             let r = tally.recomputed;
             let pairs = [
@@ -645,19 +752,13 @@ impl Checker {
                 (Phase::Pending, sums.debits_pending, sums.credits_pending),
             ];
             for (phase, debits, credits) in phases {
-                match (debits, credits) {
-                    (Some(debits), Some(credits)) if debits != credits => {
-                        self.violation(Violation::CurrencyUnbalanced {
-                            currency: currency.clone(),
-                            phase,
-                            debits,
-                            credits,
-                        });
-                    }
-                    (Some(_), Some(_)) => {}
-                    _ => self.violation(Violation::CurrencySumOverflow {
+                if debits != credits {
+                    self.violation(Violation::CurrencyUnbalanced {
                         currency: currency.clone(),
-                    }),
+                        phase,
+                        debits: debits.to_string(),
+                        credits: credits.to_string(),
+                    });
                 }
             }
         }

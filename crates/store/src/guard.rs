@@ -46,6 +46,20 @@ pub enum LedgerGuard {
     /// [`GuardRefusal::PaymentTaken`] when it is not settled any more (marked already, by a
     /// racing failure or another replica): the reversal then never happens twice.
     RefundDue(Box<RefundDueGuard>),
+    /// Mark a settled `turnpike` payment `refunded` (the command's transfers return exactly
+    /// what it booked to its payer) and release the paying agent's spend, in the same
+    /// transaction. Refused with [`GuardRefusal::PaymentTaken`] when it is not settled any more
+    /// (refunded already, by a racing failure or another replica): nothing is returned twice.
+    Refund(Box<RefundGuard>),
+}
+
+/// A settled `turnpike` payment returned to its payer, with its transfers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundGuard {
+    /// The payment (`pay_...`).
+    pub payment_id: String,
+    /// The paying agent's spend row (`agent_spends.id`) released with it, when there is one.
+    pub spend_id: Option<String>,
 }
 
 /// A settled outside-rail payment to be returned by its merchant, reversed with its transfers.
@@ -136,7 +150,8 @@ fn payments(commands: &[Command<LedgerGuard>]) -> Vec<(usize, &PaymentRow)> {
                 LedgerGuard::Spend(_)
                 | LedgerGuard::Settle(_)
                 | LedgerGuard::Deposit(_)
-                | LedgerGuard::RefundDue(_),
+                | LedgerGuard::RefundDue(_)
+                | LedgerGuard::Refund(_),
                 _,
             )
             | Command::Linked(_)
@@ -196,6 +211,8 @@ pub(crate) struct Guards<'a> {
     deposits: Vec<(usize, &'a DepositRow)>,
     /// The refund-due guards that marked their payment: (command index, payment id).
     refunds_due: Vec<(usize, &'a str)>,
+    /// The refund guards that marked their payment: (command index, guard).
+    refunded: Vec<(usize, &'a RefundGuard)>,
 }
 
 impl Guards<'_> {
@@ -220,12 +237,15 @@ pub(crate) async fn before_ledger<'a>(
     payments.merge(commands.len(), refused.into_iter());
     let (refunds_due, refused) = mark_refund_due(conn, commands, now_ms).await?;
     payments.merge(commands.len(), refused.into_iter());
+    let (refunded, refused) = mark_refunded(conn, commands, now_ms).await?;
+    payments.merge(commands.len(), refused.into_iter());
     Ok(Guards {
         payments,
         spends,
         settled,
         deposits,
         refunds_due,
+        refunded,
     })
 }
 
@@ -248,6 +268,7 @@ pub(crate) async fn after_ledger(
         UNMARK_REFUND_DUE,
     )
     .await?;
+    finish_refunds(conn, &guards.refunded, results, now_ms).await?;
     crate::spend_guard::after_ledger(conn, &guards.spends, results, pending_updates, now_ms).await
 }
 
@@ -278,6 +299,13 @@ const MARK_REFUND_DUE: &str = "UPDATE payments SET state = 'refund_due', payer_a
      updated_at = $3 WHERE id = $1 AND state = 'settled' AND payer_tenant_id IS NULL";
 const UNMARK_REFUND_DUE: &str = "UPDATE payments SET state = 'settled', payer_address = NULL, \
      updated_at = $2 WHERE id = $1 AND state = 'refund_due'";
+
+const MARK_REFUNDED: &str = "UPDATE payments SET state = 'refunded', updated_at = $2 \
+     WHERE id = $1 AND state = 'settled' AND payer_tenant_id IS NOT NULL";
+const UNMARK_REFUNDED: &str =
+    "UPDATE payments SET state = 'settled', updated_at = $2 WHERE id = $1 AND state = 'refunded'";
+const RELEASE_SPEND: &str =
+    "UPDATE agent_spends SET released_at = $2 WHERE id = $1 AND released_at IS NULL";
 
 /// What a batch's payment-state guards of one kind did: the payments marked, and the refusals.
 type Marks<'a> = (Vec<(usize, &'a str)>, Vec<(usize, GuardRefusal)>);
@@ -347,6 +375,58 @@ async fn mark_refund_due<'a>(
         },
     )
     .await
+}
+
+/// The refund guards: mark each settled `turnpike` payment `refunded`; refuse those not
+/// settled (any more).
+async fn mark_refunded<'a>(
+    conn: &mut Conn<'_>,
+    commands: &'a [Command<LedgerGuard>],
+    now_ms: i64,
+) -> Result<(Vec<(usize, &'a RefundGuard)>, Vec<(usize, GuardRefusal)>), BackendError> {
+    let err = db_err(conn);
+    let mut marked = Vec::new();
+    let mut refused = Vec::new();
+    for (i, command) in commands.iter().enumerate() {
+        let Command::Guarded(LedgerGuard::Refund(guard), _) = command else {
+            continue;
+        };
+        let done = on_conn!(conn, c => sqlx::query(MARK_REFUNDED)
+            .bind(guard.payment_id.as_str())
+            .bind(now_ms)
+            .execute(&mut **c).await.map_err(&err)?.rows_affected());
+        if done == 0 {
+            refused.push((i, GuardRefusal::PaymentTaken));
+        } else {
+            marked.push((i, &**guard));
+        }
+    }
+    Ok((marked, refused))
+}
+
+/// The refunds whose transfers were applied release their agent's spend (the payment no
+/// longer counts against its budgets); the others are put back to `settled`.
+async fn finish_refunds(
+    conn: &mut Conn<'_>,
+    refunded: &[(usize, &RefundGuard)],
+    results: &[CommandResult<LedgerGuard>],
+    now_ms: i64,
+) -> Result<(), BackendError> {
+    let err = db_err(conn);
+    for (i, guard) in refunded {
+        if !results[*i].applied() {
+            on_conn!(conn, c => sqlx::query(UNMARK_REFUNDED)
+                .bind(guard.payment_id.as_str())
+                .bind(now_ms)
+                .execute(&mut **c).await.map_err(&err)?.rows_affected());
+        } else if let Some(spend) = guard.spend_id.as_deref() {
+            on_conn!(conn, c => sqlx::query(RELEASE_SPEND)
+                .bind(spend)
+                .bind(now_ms)
+                .execute(&mut **c).await.map_err(&err)?.rows_affected());
+        }
+    }
+    Ok(())
 }
 
 /// Put back the payments `marked` whose commands failed, with `unmark` (binds: the payment id,

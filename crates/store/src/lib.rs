@@ -57,7 +57,7 @@ pub use agents::{
 pub use check::{CheckReport, Phase, Total, VIOLATIONS_LISTED_MAX, Violation};
 pub use deposits::{CursorStart, DepositAddressRow, DepositConfigRow, DepositRow};
 pub use error::StoreError;
-pub use guard::{GuardRefusal, LedgerGuard, RefundDueGuard, SettleGuard, StoreEngine};
+pub use guard::{GuardRefusal, LedgerGuard, RefundDueGuard, RefundGuard, SettleGuard, StoreEngine};
 pub use history::{Cursor, HISTORY_PAGE_LIMIT_MAX, Page};
 pub use merchant::{
     ApiKeyRow, BindingSecretRow, Idempotency, LIST_LIMIT_MAX, PaymentRow, PriceRow, TenantConflict,

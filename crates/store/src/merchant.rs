@@ -521,6 +521,22 @@ impl Store {
         Ok(done == 1)
     }
 
+    /// Every tenant's payments in id order, after `after` (an id) when given, at most `limit`
+    /// (1 to [`LIST_LIMIT_MAX`]): for `ledger check`, which ties each to its transfers.
+    pub async fn payments_by_id(
+        &self,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<PaymentRow>, StoreError> {
+        let sql = format!(
+            "SELECT {PAYMENT_COLUMNS} FROM payments \
+             WHERE CAST($1 AS TEXT) IS NULL OR id > CAST($1 AS TEXT) ORDER BY id LIMIT $2"
+        );
+        let rows: Vec<PaymentTuple> = on_pool!(self, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(after).bind(limit.clamp(1, LIST_LIMIT_MAX)).fetch_all(pool).await?);
+        Ok(rows.into_iter().map(payment).collect())
+    }
+
     /// One of a tenant's payments.
     pub async fn payment(
         &self,

@@ -21,6 +21,8 @@ use turnpike_store::on_both_databases;
 on_both_databases!(
     migrate_creates_the_schema_and_running_it_again_is_harmless,
     check_passes_on_a_healthy_ledger_and_names_an_account_altered_by_hand,
+    check_flags_a_merchant_revenue_below_zero,
+    check_sums_a_currency_beyond_u128_without_failing,
     bench_ledger_prints_one_json_line_of_figures,
     bench_ledger_hot_prints_one_json_line_of_figures,
 );
@@ -182,6 +184,54 @@ async fn populate(db: &TestDb) {
     let merchant = store.account(None, MERCHANT).await.unwrap().unwrap();
     assert_eq!(merchant.credits_posted, 42);
     store.close().await;
+}
+
+/// More transfers through a fresh engine on `db`'s populated ledger.
+async fn post_more(db: &TestDb, requests: Vec<TransferRequest>) {
+    let store = db.open().await;
+    let engine = Engine::start(Arc::new(store.clone()), EngineConfig::default());
+    for request in requests {
+        let posted = engine.transfer(request).await.expect("engine").unwrap();
+        assert!(posted.created);
+    }
+    drop(engine);
+    store.close().await;
+}
+
+async fn check_flags_a_merchant_revenue_below_zero(db: &TestDb) {
+    populate(db).await;
+    // The merchant received 42; 50 leave its revenue (no floor stops it): 8 below zero.
+    post_more(db, vec![transfer(4, MERCHANT, WORLD, 50)]).await;
+    let out = turnpike_on(db, &["ledger", "check"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let stdout = stdout(&out);
+    let line = stdout
+        .lines()
+        .find(|l| l.contains(&MERCHANT.to_string()))
+        .unwrap_or_else(|| panic!("the merchant is not named:\n{}", describe(&out)));
+    assert!(
+        line.contains("merchant revenue below zero (available -8)"),
+        "{}",
+        describe(&out)
+    );
+    assert!(!stdout.contains(&PAYER.to_string()), "{}", describe(&out));
+}
+
+async fn check_sums_a_currency_beyond_u128_without_failing(db: &TestDb) {
+    populate(db).await;
+    // The payer holds 58 after populate: fill its credits, then its debits, to u128::MAX. The
+    // credits of payer and merchant together then exceed u128, and still balance the debits.
+    post_more(
+        db,
+        vec![
+            transfer(5, WORLD, PAYER, u128::MAX - 100),
+            transfer(6, PAYER, MERCHANT, u128::MAX - 42),
+        ],
+    )
+    .await;
+    let out = turnpike_on(db, &["ledger", "check"]).await;
+    assert_success(&out);
+    assert!(reports_ok(&out), "{}", describe(&out));
 }
 
 async fn check_passes_on_a_healthy_ledger_and_names_an_account_altered_by_hand(db: &TestDb) {

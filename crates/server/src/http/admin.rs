@@ -3,7 +3,7 @@
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::post;
+use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use turnpike_ledger::{AccountKind, TransferId, TransferRequest};
@@ -23,6 +23,23 @@ pub fn router() -> Router<AppState> {
         .route("/v1/admin/tenants", post(create))
         .route("/v1/admin/tenants/{id}/credit", post(credit))
         .route("/v1/admin/clock", post(clock))
+        .route("/v1/admin/balances", get(platform_balances))
+}
+
+/// `GET /v1/admin/balances`: the platform's own accounts (fees, rail clearing), signed like a
+/// tenant's.
+async fn platform_balances(
+    _: Admin,
+    State(state): State<AppState>,
+) -> ApiResult<axum::Json<Value>> {
+    let ids = state
+        .store
+        .account_ids_of_owner(crate::state::LEDGER_BOOK, PLATFORM_OWNER)
+        .await?;
+    let accounts = state.store.accounts(&ids).await?;
+    Ok(axum::Json(
+        json!({"data": accounts.iter().map(super::tenant::account_json).collect::<Vec<_>>()}),
+    ))
 }
 
 /// A tenant to create.

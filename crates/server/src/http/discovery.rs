@@ -74,7 +74,7 @@ async fn not_discovery(
     Path(slug): Path<String>,
     request: Request,
 ) -> Response {
-    gateway::handle(state, slug, DOCUMENT_PATH[1..].to_owned(), request)
+    gateway::handle(state, slug, request)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }

@@ -5,20 +5,17 @@
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
-use turnpike_ledger::{AccountKind, TransferRequest};
 use turnpike_protocol::ContentDigest;
-use turnpike_store::TenantRow;
 
 use crate::decision::{Decision, DecisionKind};
 use crate::error::{ApiError, ApiResult};
-use crate::method_turnpike::{codes, fee_minor, fee_refund_id, refund_id, reservation_id};
 use crate::pipeline::{self, PriceRef, RequestFacts};
 use crate::rails;
-use crate::state::{AppState, PLATFORM_OWNER};
+use crate::state::AppState;
 
 /// Largest request body the gateway reads.
 pub const REQUEST_BODY_BYTES_MAX: usize = 1 << 20;
@@ -30,24 +27,64 @@ pub const PAYMENT_HEADER: &str = "x-turnpike-payment";
 /// `/gw/{slug}` and `/gw/{slug}/{*rest}`.
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/gw/{slug}", any(root))
-        .route("/gw/{slug}/{*rest}", any(nested))
+        .route("/gw/{slug}", any(gateway))
+        .route("/gw/{slug}/{*rest}", any(gateway))
 }
 
-async fn root(state: State<AppState>, Path(slug): Path<String>, request: Request) -> Response {
-    handle(state, slug, String::new(), request)
+/// No path extractor: the path is read as sent and decoded here, segment by segment (a
+/// router's plain-text rejection of an undecodable segment would not be a problem+json).
+async fn gateway(state: State<AppState>, request: Request) -> Response {
+    // `/gw/{slug}/...`: a slug is `[a-z0-9-]`, so as sent is as decoded.
+    let slug = request
+        .uri()
+        .path()
+        .split('/')
+        .nth(2)
+        .unwrap_or_default()
+        .to_owned();
+    handle(state, slug, request)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn nested(
-    state: State<AppState>,
-    Path((slug, rest)): Path<(String, String)>,
-    request: Request,
-) -> Response {
-    handle(state, slug, rest, request)
-        .await
-        .unwrap_or_else(IntoResponse::into_response)
+/// The decoded segments of a gateway request's path after `/gw/{slug}`, read from the path as
+/// sent (not as a router decoded it). Dot segments (`.`, `..`, also percent-encoded), empty
+/// segments, and segments that decode to `/`, `\`, `?`, `#`, a control character or invalid
+/// UTF-8 are refused: each segment stays one segment under the price's upstream base path,
+/// and what was priced is what is proxied.
+pub fn gateway_segments(raw_path: &str) -> ApiResult<Vec<String>> {
+    let mut parts = raw_path.split('/');
+    // "", "gw", the slug.
+    let _ = (parts.next(), parts.next(), parts.next());
+    let rest: Vec<&str> = parts.collect();
+    let mut out = Vec::with_capacity(rest.len());
+    for (i, raw) in rest.iter().enumerate() {
+        // One trailing slash is a path of its own (`/docs/`); any other empty segment is not.
+        if raw.is_empty() && i + 1 == rest.len() {
+            out.push(String::new());
+            continue;
+        }
+        let decoded = percent_encoding::percent_decode_str(raw)
+            .decode_utf8()
+            .map_err(|_| bad_path("a path segment is not UTF-8 once decoded"))?;
+        if decoded.is_empty() || decoded == "." || decoded == ".." {
+            return Err(bad_path("empty and dot segments (`.`, `..`) are refused"));
+        }
+        if decoded
+            .chars()
+            .any(|c| matches!(c, '/' | '\\' | '?' | '#') || c.is_control())
+        {
+            return Err(bad_path(
+                "a path segment may not hold `/`, `\\`, `?`, `#` or control characters, encoded or not",
+            ));
+        }
+        out.push(decoded.into_owned());
+    }
+    Ok(out)
+}
+
+fn bad_path(detail: &str) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "invalid-path", detail.to_owned())
 }
 
 const HOP_BY_HOP: [&str; 9] = [
@@ -80,7 +117,6 @@ fn is_payment_authorization(value: &HeaderValue) -> bool {
 pub(crate) async fn handle(
     State(state): State<AppState>,
     slug: String,
-    rest: String,
     request: Request,
 ) -> ApiResult<Response> {
     let tenant = state
@@ -88,7 +124,8 @@ pub(crate) async fn handle(
         .await?
         .ok_or_else(|| ApiError::not_found("gateway"))?;
     let (parts, body) = request.into_parts();
-    let path = format!("/{rest}");
+    let segments = gateway_segments(parts.uri.path())?;
+    let path = format!("/{}", segments.join("/"));
     let method = parts.method.as_str().to_owned();
     let price = pipeline::find_price(&state, &tenant, &method, &path)
         .await?
@@ -145,7 +182,7 @@ pub(crate) async fn handle(
     let upstream = proxy(
         &state,
         &price,
-        &rest,
+        &segments,
         &query,
         &parts.method,
         &parts.headers,
@@ -164,7 +201,7 @@ pub(crate) async fn handle(
                 .await?
                 .ok_or_else(ApiError::internal)?;
             if payment.payer_tenant_id.is_some() {
-                refund(&state, &tenant, &payment_id, &price).await?;
+                crate::refunds::refund_balance(&state, &payment).await?;
                 return Ok(match outcome {
                     Ok(response) => strip_for_error(response),
                     Err(detail) => ApiError::new(
@@ -279,20 +316,14 @@ async fn owe_back(state: &AppState, payment: &turnpike_store::PaymentRow) -> Owe
 async fn proxy(
     state: &AppState,
     price: &PriceRef,
-    rest: &str,
+    segments: &[String],
     query: &str,
     method: &axum::http::Method,
     headers: &HeaderMap,
     body: Bytes,
     payment_id: &str,
 ) -> Result<Response, String> {
-    let base = price
-        .definition
-        .upstream_url
-        .as_deref()
-        .unwrap_or_default()
-        .trim_end_matches('/');
-    let url = format!("{base}/{rest}{query}");
+    let url = upstream_url(price, segments, query)?;
     let mut forwarded = reqwest::header::HeaderMap::new();
     for (name, value) in headers {
         let lower = name.as_str();
@@ -352,6 +383,24 @@ async fn proxy(
     Ok(out)
 }
 
+/// The upstream URL for a request: the price's base URL with each decoded segment appended as
+/// one encoded segment (never re-parsed as a path), then the query as sent.
+fn upstream_url(price: &PriceRef, segments: &[String], query: &str) -> Result<String, String> {
+    let base = price.definition.upstream_url.as_deref().unwrap_or_default();
+    let mut url =
+        reqwest::Url::parse(base).map_err(|_| "the upstream URL is invalid".to_owned())?;
+    {
+        let mut path = url
+            .path_segments_mut()
+            .map_err(|()| "the upstream URL cannot take a path".to_owned())?;
+        path.pop_if_empty();
+        path.extend(segments);
+    }
+    let query = query.strip_prefix('?').filter(|q| !q.is_empty());
+    url.set_query(query);
+    Ok(url.into())
+}
+
 fn with_receipt(mut response: Response, decision: &Decision) -> Response {
     if response.status().is_success() {
         decision.apply_headers(response.headers_mut());
@@ -362,80 +411,4 @@ fn with_receipt(mut response: Response, decision: &Decision) -> Response {
 fn strip_for_error(mut response: Response) -> Response {
     response.headers_mut().remove("payment-receipt");
     response
-}
-
-/// Return a settled payment to its payer (and the fee to the merchant), then mark it refunded.
-async fn refund(
-    state: &AppState,
-    tenant: &TenantRow,
-    payment_id: &str,
-    price: &PriceRef,
-) -> ApiResult<()> {
-    let payment = state
-        .store
-        .payment(&tenant.id, payment_id)
-        .await?
-        .ok_or_else(ApiError::internal)?;
-    let payer = payment
-        .payer_tenant_id
-        .clone()
-        .ok_or_else(ApiError::internal)?;
-    let currency = &price.definition.currency;
-    let amount = price.definition.amount_minor();
-    let revenue = state
-        .account(&tenant.id, AccountKind::MerchantRevenue, currency)
-        .await?;
-    let balance = state
-        .account(&payer, AccountKind::PayerBalance, currency)
-        .await?;
-    let fee = fee_minor(amount, state.config.platform_fee_bps);
-    let mut transfers = Vec::with_capacity(2);
-    if fee > 0 {
-        let fees = state
-            .account(PLATFORM_OWNER, AccountKind::PlatformFees, currency)
-            .await?;
-        transfers.push(TransferRequest::Transfer {
-            id: fee_refund_id(payment_id),
-            debit_account_id: fees,
-            credit_account_id: revenue,
-            amount: fee,
-            currency: currency.clone(),
-            timeout_ms: None,
-            code: codes::FEE_REFUND,
-            user_data: Some(payment_id.to_owned()),
-        });
-    }
-    transfers.push(TransferRequest::Transfer {
-        id: refund_id(payment_id),
-        debit_account_id: revenue,
-        credit_account_id: balance,
-        amount,
-        currency: currency.clone(),
-        timeout_ms: None,
-        code: codes::REFUND,
-        user_data: Some(payment_id.to_owned()),
-    });
-    let results = state.engine.linked(transfers).await.map_err(|err| {
-        tracing::error!(error = %err, payment = payment_id, "ledger failed while refunding");
-        ApiError::unavailable("the upstream failed and the refund could not be booked yet")
-    })?;
-    if let Some(Err(err)) = results.into_iter().find(Result::is_err) {
-        tracing::error!(error = %err, payment = payment_id, "refund refused by the ledger");
-        return Err(ApiError::internal());
-    }
-    state
-        .store
-        .refund_payment(payment_id, state.now_ms())
-        .await?;
-    // The payment failed: it no longer counts against the paying agent's budgets.
-    let spend = reservation_id(&payer, &payment.challenge_id);
-    state
-        .store
-        .release_spend(&spend.to_string(), state.now_ms())
-        .await?;
-    tracing::info!(
-        payment = payment_id,
-        "payment refunded after an upstream failure"
-    );
-    Ok(())
 }

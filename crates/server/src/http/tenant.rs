@@ -35,9 +35,7 @@ fn key_json(k: &ApiKeyRow) -> Value {
 
 /// The JSON form of a ledger account (amounts as strings).
 pub fn account_json(a: &Account) -> Value {
-    let available = a
-        .credits_posted
-        .saturating_sub(a.debits_posted.saturating_add(a.debits_pending));
+    let available = signed_available(a);
     json!({
         "id": a.id.to_string(),
         "kind": a.kind.as_str(),
@@ -46,7 +44,21 @@ pub fn account_json(a: &Account) -> Value {
         "creditsPosted": a.credits_posted.to_string(),
         "debitsPending": a.debits_pending.to_string(),
         "creditsPending": a.credits_pending.to_string(),
-        "available": available.to_string(),
+        "available": available,
+    })
+}
+
+/// Posted credits less posted and pending debits, as a signed decimal: an account below zero
+/// (a merchant's revenue reversed beyond what it holds) reads negative, never `0`. `null` only
+/// for totals the ledger cannot hold (their debits overflow, which it refuses).
+fn signed_available(a: &Account) -> Value {
+    let Some(debits) = a.debits_posted.checked_add(a.debits_pending) else {
+        tracing::error!(account = %a.id, "an account's debits overflow");
+        return Value::Null;
+    };
+    Value::String(match a.credits_posted.checked_sub(debits) {
+        Some(available) => available.to_string(),
+        None => format!("-{}", debits - a.credits_posted),
     })
 }
 

@@ -243,6 +243,23 @@ pub struct Balance {
     pub debits_posted: u128,
 }
 
+/// The signed `available` of the one account of `kind` in `currency` in a balances list.
+fn signed_available(body: &Value, kind: &str, currency: &str) -> i128 {
+    let accounts: Vec<&Value> = body["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .filter(|a| a["kind"] == kind && a["currency"] == currency)
+        .collect();
+    assert!(accounts.len() <= 1, "{body}");
+    accounts.first().map_or(0, |a| {
+        a["available"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("`available` is not a signed amount: {a}"))
+    })
+}
+
 fn number(value: &Value, field: &str) -> u128 {
     value[field]
         .as_str()
@@ -346,18 +363,23 @@ impl Server {
         self.log.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
-    /// `turnpike ledger check` on this server's database must exit 0 and report `ok`.
-    pub async fn assert_ledger_consistent(&self) {
+    /// `turnpike ledger check` on this server's database: its output.
+    pub async fn ledger_check(&self) -> std::process::Output {
         let args: Vec<&str> = ["ledger", "check"]
             .into_iter()
             .chain(self.db_args.iter().map(String::as_str))
             .collect();
-        let out = tokio::process::Command::from(turnpike_command())
+        tokio::process::Command::from(turnpike_command())
             .args(&args)
             .kill_on_drop(true)
             .output()
             .await
-            .expect("run `turnpike ledger check`");
+            .expect("run `turnpike ledger check`")
+    }
+
+    /// `turnpike ledger check` on this server's database must exit 0 and report `ok`.
+    pub async fn assert_ledger_consistent(&self) {
+        let out = self.ledger_check().await;
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.code() == Some(0) && stdout.trim_end().ends_with(": ok"),
@@ -640,6 +662,52 @@ impl Server {
             credits_posted: number(a, "creditsPosted"),
             debits_posted: number(a, "debitsPosted"),
         })
+    }
+
+    /// The signed `available` of a tenant's account of `kind` in `currency` (zero when it has
+    /// none yet): a negative balance reads negative here.
+    pub async fn signed_balance(&self, tenant: &Tenant, kind: &str, currency: &str) -> i128 {
+        let body = self
+            .get("/v1/balances", &tenant.key)
+            .await
+            .expect_status(200)
+            .json();
+        signed_available(&body, kind, currency)
+    }
+
+    /// The signed `available` of the platform's account of `kind` (`platform_fees`,
+    /// `rail_clearing`) in `currency`, through the operator API.
+    pub async fn platform_balance(&self, kind: &str, currency: &str) -> i128 {
+        let body = self
+            .get("/v1/admin/balances", ADMIN_TOKEN)
+            .await
+            .expect_status(200)
+            .json();
+        signed_available(&body, kind, currency)
+    }
+
+    /// Send `request_line_and_headers` (everything before the blank line, without it) as
+    /// written over a raw TCP connection (no client normalises the path) and read the answer:
+    /// (status, head, body).
+    pub async fn raw(&self, head: &str) -> (u16, String, String) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let addr = self.url.trim_start_matches("http://");
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let request = format!("{head}\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer))
+            .await
+            .expect("an answer in time")
+            .expect("read");
+        let text = String::from_utf8_lossy(&answer).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no status line: {text}"));
+        (status, head.to_owned(), body.to_owned())
     }
 
     /// `GET /v1/payments/{id}` as the merchant (must be 200).
