@@ -11,6 +11,7 @@
 
 pub mod balance;
 pub mod evm;
+pub mod outbound;
 pub mod rpc;
 pub mod tempo;
 

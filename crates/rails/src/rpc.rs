@@ -19,6 +19,7 @@ use alloy::transports::{RpcError, TransportErrorKind};
 use serde::Deserialize;
 
 use crate::Unavailable;
+use crate::outbound::OutboundPolicy;
 
 /// Longest one JSON-RPC call may take.
 pub const CALL_TIMEOUT_MS: u64 = 5_000;
@@ -27,23 +28,40 @@ pub const POLL_INTERVAL_MS: u64 = 100;
 /// The first pause of [`wait_receipt`]; each next one doubles up to [`POLL_INTERVAL_MS`].
 pub const POLL_FIRST_MS: u64 = 5;
 
-/// Providers by endpoint URL, created once.
+/// Providers by endpoint URL, created once, connecting only where the [`OutboundPolicy`]
+/// allows (the default: public addresses only).
 #[derive(Debug, Default)]
 pub struct Providers {
     by_url: Mutex<HashMap<String, RootProvider>>,
+    policy: OutboundPolicy,
 }
 
 impl Providers {
-    /// The provider for `url` (http or https).
+    /// Providers that connect under `policy`.
+    pub fn new(policy: OutboundPolicy) -> Self {
+        Self {
+            by_url: Mutex::default(),
+            policy,
+        }
+    }
+
+    /// The provider for `url` (http or https). A URL the policy refuses (an IP literal outside
+    /// it, userinfo, a numeric host in another form) gets none; a DNS name's addresses are
+    /// filtered at every connection.
     pub fn get(&self, url: &str) -> Result<RootProvider, Unavailable> {
         let mut map = self.by_url.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(provider) = map.get(url) {
             return Ok(provider.clone());
         }
+        self.policy
+            .check_url(url)
+            .map_err(|err| Unavailable(format!("the rail's RPC URL {err}")))?;
         let parsed = url
             .parse()
             .map_err(|_| Unavailable("the rail's RPC URL is invalid".into()))?;
-        let client = reqwest::Client::builder()
+        let client = self
+            .policy
+            .guard(reqwest::Client::builder())
             .timeout(Duration::from_millis(CALL_TIMEOUT_MS))
             .connect_timeout(Duration::from_millis(CALL_TIMEOUT_MS))
             .build()

@@ -313,6 +313,7 @@ mod tests {
             upstream_timeout: Duration::from_secs(5),
             test_clock: false,
             secrets_key: None,
+            outbound: Default::default(),
         };
         crate::start(db.open().await, config).await.unwrap()
     }

@@ -19,6 +19,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use turnpike_ledger::{AccountKind, TransferId, TransferRequest};
 use turnpike_rails::evm::{ConfigError, EvmConfig, EvmSettings, VerifiedEvm};
+use turnpike_rails::outbound::OutboundPolicy;
 use turnpike_rails::tempo::{TempoConfig, TempoRail, TempoSettings, VerifiedTempo};
 use turnpike_rails::{EvmRail, PrepareError, Prepared, PriceTerms, Rail, Rejection, Settlement};
 use turnpike_store::{
@@ -69,6 +70,17 @@ pub struct Rails {
     pub tempo: TempoRail,
 }
 
+impl Rails {
+    /// The rails, their RPC connections following `outbound`.
+    pub fn new(outbound: &OutboundPolicy) -> Self {
+        Self {
+            evm: EvmRail::with_outbound(outbound.clone()),
+            deposits_rpc: turnpike_rails::rpc::Providers::new(outbound.clone()),
+            tempo: TempoRail::with_outbound(outbound.clone()),
+        }
+    }
+}
+
 /// A [`Rail`] as the server holds it: its configuration API (public settings, one sealed
 /// secret), where its tenants' configurations are cached, and what its receipts add.
 pub trait ServerRail: Rail<Config: 'static> + 'static {
@@ -89,6 +101,8 @@ pub trait ServerRail: Rail<Config: 'static> + 'static {
     fn open(settings: Self::Settings, secret: Option<&str>) -> Result<Self::Config, ConfigError>;
     /// The validated public settings.
     fn settings(config: &Self::Config) -> &Self::Settings;
+    /// The JSON-RPC endpoint the rail connects to (`rpcUrl`).
+    fn rpc_url(config: &Self::Config) -> &str;
     /// The secret of a configuration (to keep it when a change omits it).
     fn secret(config: &Self::Config) -> Option<String>;
     /// The receipt's chain id.
@@ -131,6 +145,9 @@ impl ServerRail for EvmRail {
     fn settings(config: &EvmConfig) -> &EvmSettings {
         &config.settings
     }
+    fn rpc_url(config: &EvmConfig) -> &str {
+        &config.settings.rpc_url
+    }
     fn secret(config: &EvmConfig) -> Option<String> {
         config.hot_wallet.as_ref().map(key_hex)
     }
@@ -166,6 +183,9 @@ impl ServerRail for TempoRail {
     }
     fn settings(config: &TempoConfig) -> &TempoSettings {
         &config.settings
+    }
+    fn rpc_url(config: &TempoConfig) -> &str {
+        &config.settings.rpc_url
     }
     fn secret(config: &TempoConfig) -> Option<String> {
         config.fee_payer.as_ref().map(key_hex)

@@ -40,6 +40,9 @@ pub struct Config {
     /// The key that seals rail secrets at rest (`TURNPIKE_SECRETS_KEY`); without it, rail
     /// configurations with secrets are refused.
     pub secrets_key: Option<crate::secrets::SecretsKey>,
+    /// Where gateway upstreams and rail RPCs may be: public addresses plus the operator's
+    /// `--outbound-allow` ranges.
+    pub outbound: turnpike_rails::outbound::OutboundPolicy,
 }
 
 impl std::fmt::Debug for Config {
@@ -51,6 +54,7 @@ impl std::fmt::Debug for Config {
             .field("upstream_timeout", &self.upstream_timeout)
             .field("test_clock", &self.test_clock)
             .field("secrets_key", &self.secrets_key.is_some())
+            .field("outbound_allow", &self.outbound.allowed())
             .finish()
     }
 }
@@ -167,10 +171,15 @@ impl AppState {
         let signed_grants = Arc::new(SignedGrants::new());
         let issuer =
             issuer_of(&config, &keys, &signed_grants).map_err(|err| anyhow::anyhow!("{err}"))?;
-        let http = reqwest::Client::builder()
+        // Upstreams' DNS names resolve through the outbound policy (IP literals are checked
+        // before each request: reqwest does not resolve them).
+        let http = config
+            .outbound
+            .guard(reqwest::Client::builder())
             .timeout(config.upstream_timeout)
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
+        let rails = crate::rails::Rails::new(&config.outbound);
         Ok(Self(Arc::new(Inner {
             store,
             engine,
@@ -178,7 +187,7 @@ impl AppState {
             http,
             caches: Caches::new(),
             test_clock,
-            rails: crate::rails::Rails::default(),
+            rails,
             gas: crate::rails::GasReadings::default(),
             deposits: crate::deposits::DepositReadings::default(),
             keys: RwLock::new(keys),
@@ -261,6 +270,15 @@ impl AppState {
             self.caches.slugs.insert(slug.to_owned(), t.clone());
         }
         Ok(tenant)
+    }
+
+    /// Refuse `url` (the request member `field`) as a destination of this server's outbound
+    /// connections when the outbound policy does: a 400 naming the field and why, never the
+    /// address. DNS names are resolved now (and again at every connection).
+    pub async fn check_outbound(&self, field: &str, url: &str) -> Result<(), ApiError> {
+        self.config.outbound.validate_url(url).await.map_err(|err| {
+            ApiError::invalid(format!("`{field}` {err}")).with("field", field.into())
+        })
     }
 
     /// Now, in unix ms (the ledger engine's clock).

@@ -137,6 +137,9 @@ pub(crate) fn start_server(
             "127.0.0.1:0",
             "--platform-fee-bps",
             "100",
+            // The load generator, its upstream and anvil are on this machine.
+            "--outbound-allow",
+            "127.0.0.0/8,::1/128",
         ])
         .arg("--data-dir")
         .arg(&dir.path)

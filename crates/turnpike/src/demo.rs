@@ -20,6 +20,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use turnpike_protocol::{Credential, Receipt, b64, parse_challenges_from_lines};
+use turnpike_rails::outbound::OutboundPolicy;
 use turnpike_server::Config;
 
 use crate::db::{DbArgs, SQLITE_FILE};
@@ -32,6 +33,9 @@ pub const PLATFORM_FEE_BPS: u32 = 250;
 pub const MERCHANT_SLUG: &str = "demo-weather";
 /// The payer organisation's slug.
 pub const PAYER_SLUG: &str = "demo-agents";
+/// The demo's `--outbound-allow`: its echo upstream listens on loopback, which a server refuses
+/// unless allowed.
+pub const OUTBOUND_ALLOW: &str = "127.0.0.0/8";
 /// Line printed once the demo is fully up (after the commands to try).
 pub const READY_LINE: &str = "demo ready: Ctrl-C (or SIGTERM) stops it";
 
@@ -93,11 +97,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         upstream_timeout: Duration::from_secs(30),
         test_clock: false,
         secrets_key: crate::serve::secrets_key_from_env()?,
+        outbound: OutboundPolicy::parse(OUTBOUND_ALLOW).map_err(|err| anyhow!(err))?,
     };
     let store = db.open(true).await?;
     let state = turnpike_server::start(store, config).await?;
     out!("database: {}", db.describe());
     out!("platform fee: {PLATFORM_FEE_BPS} bps (2.5%)");
+    out!("outbound allowed besides public addresses: {OUTBOUND_ALLOW} (the echo upstream)");
     out!("admin token (TURNPIKE_ADMIN_TOKEN): {admin_token}");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
+use turnpike_rails::outbound::OutboundPolicy;
 use turnpike_server::http::admin::{NewTenant, create_tenant, tenant_json};
 use turnpike_server::{AppState, Config};
 
@@ -30,6 +31,11 @@ pub struct ServeArgs {
     /// Longest wait for a gateway upstream, in seconds.
     #[arg(long, default_value_t = 30)]
     pub upstream_timeout_s: u64,
+    /// Address ranges (CIDR, comma-separated) that gateway upstreams and rail RPCs may be in
+    /// besides public addresses, e.g. `10.0.0.0/8` or `127.0.0.0/8,::1/128`. Default: none
+    /// (loopback, private, link-local and other non-public addresses are refused).
+    #[arg(long, env = "TURNPIKE_OUTBOUND_ALLOW", value_delimiter = ',')]
+    pub outbound_allow: Vec<String>,
     /// For tests only: the clock stands still and moves only by `POST /v1/admin/clock`
     /// (needs TURNPIKE_ADMIN_TOKEN).
     #[arg(long, hide = true)]
@@ -59,6 +65,14 @@ impl ServeArgs {
         if !(public_url.starts_with("http://") || public_url.starts_with("https://")) {
             anyhow::bail!("--public-url must be an http(s) URL");
         }
+        let outbound = OutboundPolicy::parse(&self.outbound_allow.join(","))
+            .map_err(|err| anyhow::anyhow!("--outbound-allow: {err}"))?;
+        if !outbound.allowed().is_empty() {
+            tracing::info!(
+                ranges = ?outbound.allowed(),
+                "gateway upstreams and rail RPCs may be in these non-public ranges too"
+            );
+        }
         Ok(Config {
             public_url,
             admin_token,
@@ -66,6 +80,7 @@ impl ServeArgs {
             upstream_timeout: Duration::from_secs(self.upstream_timeout_s.clamp(1, 600)),
             test_clock: self.test_clock,
             secrets_key: secrets_key_from_env()?,
+            outbound,
         })
     }
 }
@@ -167,6 +182,7 @@ pub async fn tenant_create(args: TenantCreateArgs) -> anyhow::Result<()> {
         upstream_timeout: Duration::from_secs(30),
         test_clock: false,
         secrets_key: None,
+        outbound: OutboundPolicy::default(),
     };
     let state = turnpike_server::start(store, config).await?;
     let input = NewTenant {

@@ -114,6 +114,7 @@ impl Server {
     async fn start(db: &TestDb) -> Self {
         let mut child = turnpike_command()
             .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(["--outbound-allow", "127.0.0.0/8,::1/128"])
             .args(db_args(db))
             .env("TURNPIKE_ADMIN_TOKEN", ADMIN_TOKEN)
             .stdout(Stdio::null())

@@ -22,6 +22,7 @@ use turnpike_protocol::Credential;
 
 use super::payload::{VerifiedEvm, VerifiedKind, verify_credential};
 use super::{EvmConfig, METHOD, charge_request};
+use crate::outbound::OutboundPolicy;
 use crate::rpc::{self, Broadcast, Providers, ReceiptState, Submitted, short};
 use crate::{
     ChallengeFacts, PrepareError, Prepared, PriceTerms, Rail, Rejection, Settlement, Unavailable,
@@ -147,9 +148,17 @@ struct Recorded {
 }
 
 impl EvmRail {
-    /// A rail with no providers yet.
+    /// A rail with no providers yet, connecting to public addresses only.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A rail whose RPC connections follow `policy`.
+    pub fn with_outbound(policy: OutboundPolicy) -> Self {
+        Self {
+            providers: Providers::new(policy),
+            ..Self::default()
+        }
     }
 
     /// The provider of a configuration's chain.

@@ -26,6 +26,7 @@ use super::receipt_logs::verify_receipt_logs;
 use super::request::{Charge, ChargeRequest, SubmissionMode};
 use super::transaction::{self, payload_bytes, verify_transaction};
 use super::{ITip20Payments, METHOD, TempoError};
+use crate::outbound::OutboundPolicy;
 use crate::rpc::{self, Broadcast, Providers, ReceiptState, Submitted, short};
 use crate::{
     ChallengeFacts, PrepareError, Prepared, PriceTerms, Rail, Rejection, Settlement, Unavailable,
@@ -147,9 +148,17 @@ fn charge_of(request: &ChargeRequest) -> Result<Charge, Rejection> {
 }
 
 impl TempoRail {
-    /// A rail with no providers yet.
+    /// A rail with no providers yet, connecting to public addresses only.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A rail whose RPC connections follow `policy`.
+    pub fn with_outbound(policy: OutboundPolicy) -> Self {
+        Self {
+            providers: Providers::new(policy),
+            ..Self::default()
+        }
     }
 
     /// The provider of a configuration's chain.

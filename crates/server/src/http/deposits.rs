@@ -79,6 +79,7 @@ async fn put_config(
         }
     })?;
     let (settings, start_block) = input.validate().map_err(ApiError::invalid)?;
+    state.check_outbound("rpcUrl", &settings.rpc_url).await?;
     let provider = state
         .rails
         .deposits_rpc

@@ -324,6 +324,9 @@ async fn proxy(
     payment_id: &str,
 ) -> Result<Response, String> {
     let url = upstream_url(price, segments, query)?;
+    // reqwest resolves DNS names through the outbound policy, but not IP literals.
+    let refused = |_| "the upstream is not allowed".to_owned();
+    state.config.outbound.check_url(&url).map_err(refused)?;
     let mut forwarded = reqwest::header::HeaderMap::new();
     for (name, value) in headers {
         let lower = name.as_str();

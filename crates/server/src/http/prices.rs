@@ -41,6 +41,9 @@ async fn create(
     Json(input): Json<PriceInput>,
 ) -> ApiResult<(StatusCode, axum::Json<Value>)> {
     let definition = input.create()?;
+    if let Some(url) = &definition.upstream_url {
+        state.check_outbound("upstreamUrl", url).await?;
+    }
     if state.store.prices(&auth.tenant.id).await?.len() >= PRICES_PER_TENANT_MAX {
         return Err(ApiError::conflict(format!(
             "a tenant holds at most {PRICES_PER_TENANT_MAX} prices"
@@ -93,6 +96,9 @@ async fn update(
     let definition: PriceDefinition =
         serde_json::from_str(&current.definition).map_err(|_| ApiError::internal())?;
     let next = input.apply(&definition)?;
+    if let Some(url) = &next.upstream_url {
+        state.check_outbound("upstreamUrl", url).await?;
+    }
     let text = serde_json::to_string(&next).map_err(|_| ApiError::internal())?;
     let row = state
         .store

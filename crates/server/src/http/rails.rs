@@ -100,6 +100,7 @@ async fn upsert_rail<R: ServerRail>(
         })?;
     let config =
         R::open(settings, key.as_deref()).map_err(|err| ApiError::invalid(err.to_string()))?;
+    state.check_outbound("rpcUrl", R::rpc_url(&config)).await?;
     let sealed = match &key {
         None => None,
         Some(key) => Some(seal_secret::<R>(&state, &tenant_id, key)?.ok_or_else(|| {

@@ -60,6 +60,7 @@ fn turnpike_command() -> Command {
         "TURNPIKE_LISTEN",
         "TURNPIKE_PUBLIC_URL",
         "TURNPIKE_PLATFORM_FEE_BPS",
+        "TURNPIKE_OUTBOUND_ALLOW",
         "HTTP_PROXY",
         "HTTPS_PROXY",
         "ALL_PROXY",
@@ -106,7 +107,13 @@ pub struct Options {
     /// Set TURNPIKE_SECRETS_KEY to [`SECRETS_KEY`] (off: the server cannot keep rail, wallet or
     /// deposit keys).
     pub secrets_key: bool,
+    /// `--outbound-allow` [`OUTBOUND_ALLOW`]: upstreams and RPCs on this machine may be used
+    /// (off: only public addresses, as a server started without the switch).
+    pub outbound_allow: bool,
 }
+
+/// The loopback ranges harness servers allow outbound (test upstreams and anvil).
+pub const OUTBOUND_ALLOW: &str = "127.0.0.0/8,::1/128";
 
 impl Default for Options {
     fn default() -> Self {
@@ -115,6 +122,7 @@ impl Default for Options {
             fee_bps: FEE_BPS,
             test_clock: false,
             secrets_key: true,
+            outbound_allow: true,
         }
     }
 }
@@ -296,6 +304,9 @@ impl Server {
         }
         if options.test_clock {
             cmd.arg("--test-clock");
+        }
+        if options.outbound_allow {
+            cmd.args(["--outbound-allow", OUTBOUND_ALLOW]);
         }
         let mut child = cmd.spawn().expect("spawn `turnpike serve`");
         let stderr = child.stderr.take().expect("piped stderr");
