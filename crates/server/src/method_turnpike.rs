@@ -313,6 +313,8 @@ mod tests {
             upstream_timeout: Duration::from_secs(5),
             test_clock: false,
             secrets_key: None,
+            connections: crate::connections::ConnectionLimits::defaults(Duration::from_secs(5)),
+            rate_limits: crate::limits::RateLimits::unlimited(),
         };
         crate::start(db.open().await, config).await.unwrap()
     }

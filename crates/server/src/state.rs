@@ -40,6 +40,10 @@ pub struct Config {
     /// The key that seals rail secrets at rest (`TURNPIKE_SECRETS_KEY`); without it, rail
     /// configurations with secrets are refused.
     pub secrets_key: Option<crate::secrets::SecretsKey>,
+    /// Connection cap and timeouts.
+    pub connections: crate::connections::ConnectionLimits,
+    /// Rate limits on authentication failures, challenges and verifications.
+    pub rate_limits: crate::limits::RateLimits,
 }
 
 impl std::fmt::Debug for Config {
@@ -51,6 +55,8 @@ impl std::fmt::Debug for Config {
             .field("upstream_timeout", &self.upstream_timeout)
             .field("test_clock", &self.test_clock)
             .field("secrets_key", &self.secrets_key.is_some())
+            .field("connections", &self.connections)
+            .field("rate_limits", &self.rate_limits)
             .finish()
     }
 }
@@ -82,6 +88,8 @@ pub struct Inner {
     pub gas: crate::rails::GasReadings,
     /// The deposit watcher's last readings.
     pub deposits: crate::deposits::DepositReadings,
+    /// The rate limiters.
+    pub limiters: crate::limits::Limiters,
     keys: RwLock<KeyRing>,
     /// The public side of `keys`, as the `turnpike` rail verifies grants with it.
     issuer: RwLock<Arc<Issuer>>,
@@ -171,9 +179,11 @@ impl AppState {
             .timeout(config.upstream_timeout)
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
+        let limiters = crate::limits::Limiters::new(&config.rate_limits);
         Ok(Self(Arc::new(Inner {
             store,
             engine,
+            limiters,
             config,
             http,
             caches: Caches::new(),

@@ -21,6 +21,8 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use turnpike_protocol::{Credential, Receipt, b64, parse_challenges_from_lines};
 use turnpike_server::Config;
+use turnpike_server::connections::ConnectionLimits;
+use turnpike_server::limits::RateLimits;
 
 use crate::db::{DbArgs, SQLITE_FILE};
 
@@ -93,6 +95,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         upstream_timeout: Duration::from_secs(30),
         test_clock: false,
         secrets_key: crate::serve::secrets_key_from_env()?,
+        connections: ConnectionLimits::defaults(Duration::from_secs(30)),
+        rate_limits: RateLimits::default(),
     };
     let store = db.open(true).await?;
     let state = turnpike_server::start(store, config).await?;
