@@ -1,7 +1,11 @@
 //! Authentication extractors: the operator (admin token), a tenant (secret API key) and an
 //! agent (signed agent token). A failure is a 401 problem that never echoes what was sent.
+//! Failures are counted per client address ([`crate::limits`]): over the limit, every
+//! authentication from that address is a 429 until its budget refills, before the credential
+//! is looked at.
 
 use axum::extract::FromRequestParts;
+use axum::http::StatusCode;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use sha2::{Digest, Sha256};
@@ -38,6 +42,24 @@ fn bearer(parts: &Parts) -> Result<&str, ApiError> {
     Ok(token.trim())
 }
 
+/// Run `authenticate` for a request from `parts`' client, unless that client is over its
+/// authentication failure budget; count a 401 against the budget.
+async fn limited<T>(
+    parts: &Parts,
+    state: &AppState,
+    authenticate: impl Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
+    let client = state.limiters.client(&parts.headers, &parts.extensions);
+    state.limiters.auth_gate(client)?;
+    let result = authenticate.await;
+    if let Err(err) = &result
+        && err.status == StatusCode::UNAUTHORIZED
+    {
+        state.limiters.auth_failed(client);
+    }
+    result
+}
+
 /// The operator, authenticated by `TURNPIKE_ADMIN_TOKEN`.
 #[derive(Debug)]
 pub struct Admin;
@@ -48,21 +70,25 @@ impl FromRequestParts<AppState> for Admin {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let Some(expected) = state.config.admin_token.as_deref() else {
             return Err(ApiError::new(
-                axum::http::StatusCode::NOT_FOUND,
+                StatusCode::NOT_FOUND,
                 "admin-disabled",
                 "the operator API is disabled: start the server with TURNPIKE_ADMIN_TOKEN set",
             ));
         };
-        let token = bearer(parts)?;
-        let ok: bool = ids::hash_secret(token)
-            .as_bytes()
-            .ct_eq(ids::hash_secret(expected).as_bytes())
-            .into();
-        if ok {
-            Ok(Self)
-        } else {
-            Err(ApiError::unauthorized("invalid admin token"))
-        }
+        limited(parts, state, admin(parts, expected)).await
+    }
+}
+
+async fn admin(parts: &Parts, expected: &str) -> Result<Admin, ApiError> {
+    let token = bearer(parts)?;
+    let ok: bool = ids::hash_secret(token)
+        .as_bytes()
+        .ct_eq(ids::hash_secret(expected).as_bytes())
+        .into();
+    if ok {
+        Ok(Admin)
+    } else {
+        Err(ApiError::unauthorized("invalid admin token"))
     }
 }
 
@@ -79,29 +105,33 @@ impl FromRequestParts<AppState> for TenantAuth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer(parts)?;
-        if !token.starts_with("tp_sk_") {
-            return Err(ApiError::unauthorized(
-                "expected a secret API key (tp_sk_...)",
-            ));
+        limited(parts, state, tenant_auth(parts, state)).await
+    }
+}
+
+async fn tenant_auth(parts: &Parts, state: &AppState) -> Result<TenantAuth, ApiError> {
+    let token = bearer(parts)?;
+    if !token.starts_with("tp_sk_") {
+        return Err(ApiError::unauthorized(
+            "expected a secret API key (tp_sk_...)",
+        ));
+    }
+    let hash = ids::hash_secret(token);
+    if let Some((tenant, key_id)) = state.caches.api_keys.get(&hash) {
+        return Ok(TenantAuth { tenant, key_id });
+    }
+    match state.store.api_key_by_hash(&hash).await? {
+        Some((key, tenant)) => {
+            state
+                .caches
+                .api_keys
+                .insert(hash, (tenant.clone(), key.id.clone()));
+            Ok(TenantAuth {
+                tenant,
+                key_id: key.id,
+            })
         }
-        let hash = ids::hash_secret(token);
-        if let Some((tenant, key_id)) = state.caches.api_keys.get(&hash) {
-            return Ok(Self { tenant, key_id });
-        }
-        match state.store.api_key_by_hash(&hash).await? {
-            Some((key, tenant)) => {
-                state
-                    .caches
-                    .api_keys
-                    .insert(hash, (tenant.clone(), key.id.clone()));
-                Ok(Self {
-                    tenant,
-                    key_id: key.id,
-                })
-            }
-            None => Err(ApiError::unauthorized("unknown or revoked API key")),
-        }
+        None => Err(ApiError::unauthorized("unknown or revoked API key")),
     }
 }
 
@@ -164,13 +194,17 @@ impl FromRequestParts<AppState> for AgentAuth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let claims = agent_claims(parts, state).await?;
-        let row = agent_token_row(state, &claims, false).await?;
-        if row.revoked_at.is_some() {
-            return Err(ApiError::unauthorized("agent token: revoked"));
-        }
-        Ok(Self { claims, token: row })
+        limited(parts, state, agent_auth(parts, state, false)).await
     }
+}
+
+async fn agent_auth(parts: &Parts, state: &AppState, cached: bool) -> Result<AgentAuth, ApiError> {
+    let claims = agent_claims(parts, state).await?;
+    let row = agent_token_row(state, &claims, cached).await?;
+    if row.revoked_at.is_some() {
+        return Err(ApiError::unauthorized("agent token: revoked"));
+    }
+    Ok(AgentAuth { claims, token: row })
 }
 
 /// An agent about to pay: like [`AgentAuth`], but revocation is left to the payment's ledger
@@ -184,11 +218,8 @@ impl FromRequestParts<AppState> for PayingAgent {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let claims = agent_claims(parts, state).await?;
-        let row = agent_token_row(state, &claims, true).await?;
-        if row.revoked_at.is_some() {
-            return Err(ApiError::unauthorized("agent token: revoked"));
-        }
-        Ok(Self(AgentAuth { claims, token: row }))
+        limited(parts, state, agent_auth(parts, state, true))
+            .await
+            .map(Self)
     }
 }

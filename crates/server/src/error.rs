@@ -136,6 +136,8 @@ fn title(code: &str) -> &'static str {
         "admin-disabled" => "Operator API disabled",
         "secrets-key-missing" => "No secrets key on this server",
         "deposits-disabled" => "Deposits are not configured",
+        "rate-limited" => "Too many requests",
+        "request-timeout" => "Request timeout",
         _ => "Internal error",
     }
 }

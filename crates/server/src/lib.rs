@@ -5,11 +5,13 @@
 pub mod auth;
 pub mod cache;
 pub mod catalog;
+pub mod connections;
 pub mod decision;
 pub mod deposits;
 pub mod error;
 pub mod http;
 pub mod ids;
+pub mod limits;
 pub mod method_turnpike;
 pub mod pipeline;
 pub mod rails;
@@ -23,7 +25,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
+use axum::{Router, middleware};
 use tokio::net::TcpListener;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -45,6 +47,14 @@ pub const SWEEP_BATCH_MAX: usize = 1_000;
 /// The application: every route with its middleware.
 pub fn app(state: AppState) -> Router {
     http::router()
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            limits::middleware,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            connections::request_timeout,
+        ))
         .with_state(state)
         .layer(RequestBodyLimitLayer::new(BODY_BYTES_MAX))
         .layer(PropagateRequestIdLayer::x_request_id())
@@ -111,14 +121,13 @@ async fn start_engine(store: &Store, config: EngineConfig) -> anyhow::Result<Sto
         .map_err(|_| anyhow::anyhow!("the ledger writer thread stopped"))?
 }
 
-/// Serve on `listener` until `shutdown` resolves, then finish the requests in flight.
+/// Serve on `listener` under the configured connection limits until `shutdown` resolves, then
+/// finish the requests in flight (see [`connections`]).
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
-        .await?;
-    Ok(())
+    let limits = state.config.connections;
+    connections::serve(listener, app(state), limits, shutdown).await
 }

@@ -314,6 +314,8 @@ mod tests {
             test_clock: false,
             secrets_key: None,
             outbound: Default::default(),
+            connections: crate::connections::ConnectionLimits::defaults(Duration::from_secs(5)),
+            rate_limits: crate::limits::RateLimits::unlimited(),
         };
         crate::start(db.open().await, config).await.unwrap()
     }

@@ -43,6 +43,10 @@ pub struct Config {
     /// Where gateway upstreams and rail RPCs may be: public addresses plus the operator's
     /// `--outbound-allow` ranges.
     pub outbound: turnpike_rails::outbound::OutboundPolicy,
+    /// Connection cap and timeouts.
+    pub connections: crate::connections::ConnectionLimits,
+    /// Rate limits on authentication failures, challenges and verifications.
+    pub rate_limits: crate::limits::RateLimits,
 }
 
 impl std::fmt::Debug for Config {
@@ -55,6 +59,8 @@ impl std::fmt::Debug for Config {
             .field("test_clock", &self.test_clock)
             .field("secrets_key", &self.secrets_key.is_some())
             .field("outbound_allow", &self.outbound.allowed())
+            .field("connections", &self.connections)
+            .field("rate_limits", &self.rate_limits)
             .finish()
     }
 }
@@ -86,6 +92,8 @@ pub struct Inner {
     pub gas: crate::rails::GasReadings,
     /// The deposit watcher's last readings.
     pub deposits: crate::deposits::DepositReadings,
+    /// The rate limiters.
+    pub limiters: crate::limits::Limiters,
     keys: RwLock<KeyRing>,
     /// The public side of `keys`, as the `turnpike` rail verifies grants with it.
     issuer: RwLock<Arc<Issuer>>,
@@ -180,9 +188,11 @@ impl AppState {
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
         let rails = crate::rails::Rails::new(&config.outbound);
+        let limiters = crate::limits::Limiters::new(&config.rate_limits);
         Ok(Self(Arc::new(Inner {
             store,
             engine,
+            limiters,
             config,
             http,
             caches: Caches::new(),

@@ -95,6 +95,9 @@ pub enum LoadMode {
 pub const CONCURRENCY_MAX: u32 = 1_024;
 /// Longest phase.
 pub const DURATION_S_MAX: u64 = 3_600;
+/// The connection cap of a benchmarked server: every client of the largest concurrency, and
+/// the set-up's own.
+const BENCH_CONNECTIONS_MAX: u32 = 2 * CONCURRENCY_MAX;
 /// How long the server may take to start.
 const SERVER_START_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -141,6 +144,12 @@ pub(crate) fn start_server(
             "--outbound-allow",
             "127.0.0.0/8,::1/128",
         ])
+        // The load generator is one address and one key: no rate limit, and room for every
+        // simulated client's connection.
+        .args(["--max-connections", &BENCH_CONNECTIONS_MAX.to_string()])
+        .args(["--rate-limit-auth-failures", "0"])
+        .args(["--rate-limit-challenges", "0"])
+        .args(["--rate-limit-verifications", "0"])
         .arg("--data-dir")
         .arg(&dir.path)
         .env("TURNPIKE_ADMIN_TOKEN", admin_token)

@@ -22,6 +22,8 @@ use tokio::net::TcpListener;
 use turnpike_protocol::{Credential, Receipt, b64, parse_challenges_from_lines};
 use turnpike_rails::outbound::OutboundPolicy;
 use turnpike_server::Config;
+use turnpike_server::connections::ConnectionLimits;
+use turnpike_server::limits::RateLimits;
 
 use crate::db::{DbArgs, SQLITE_FILE};
 
@@ -98,6 +100,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         test_clock: false,
         secrets_key: crate::serve::secrets_key_from_env()?,
         outbound: OutboundPolicy::parse(OUTBOUND_ALLOW).map_err(|err| anyhow!(err))?,
+        connections: ConnectionLimits::defaults(Duration::from_secs(30)),
+        rate_limits: RateLimits::default(),
     };
     let store = db.open(true).await?;
     let state = turnpike_server::start(store, config).await?;

@@ -6,7 +6,11 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 use turnpike_rails::outbound::OutboundPolicy;
+use turnpike_server::connections::{
+    ConnectionLimits, FDS_RESERVED, MAX_CONNECTIONS_MAX, open_files_limit,
+};
 use turnpike_server::http::admin::{NewTenant, create_tenant, tenant_json};
+use turnpike_server::limits::{BURST_S_DEFAULT, Rate, RateLimits};
 use turnpike_server::{AppState, Config};
 
 use crate::db::DbArgs;
@@ -36,10 +40,115 @@ pub struct ServeArgs {
     /// (loopback, private, link-local and other non-public addresses are refused).
     #[arg(long, env = "TURNPIKE_OUTBOUND_ALLOW", value_delimiter = ',')]
     pub outbound_allow: Vec<String>,
+    #[command(flatten)]
+    pub limits: LimitArgs,
     /// For tests only: the clock stands still and moves only by `POST /v1/admin/clock`
     /// (needs TURNPIKE_ADMIN_TOKEN).
     #[arg(long, hide = true)]
     pub test_clock: bool,
+}
+
+/// Longest timeout any `--*-timeout-s` accepts.
+pub const TIMEOUT_S_MAX: u64 = 3_600;
+
+/// Connection limits, timeouts and rate limits of `turnpike serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LimitArgs {
+    /// Most connections open at once; further ones wait to be accepted [default: the open-file
+    /// limit less 256, between 64 and 10000].
+    #[arg(long, env = "TURNPIKE_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Seconds for a request's head to arrive (from its first byte, or from the connection's
+    /// opening for its first request); then the connection is closed.
+    #[arg(long, env = "TURNPIKE_HEADER_TIMEOUT_S", default_value_t = 10)]
+    pub header_timeout_s: u64,
+    /// Seconds an idle keep-alive connection stays open.
+    #[arg(long, env = "TURNPIKE_KEEP_ALIVE_TIMEOUT_S", default_value_t = 75)]
+    pub keep_alive_timeout_s: u64,
+    /// Seconds to answer a request, its body read included, else `408`; must exceed
+    /// --upstream-timeout-s [default: --upstream-timeout-s + 10].
+    #[arg(long, env = "TURNPIKE_REQUEST_TIMEOUT_S")]
+    pub request_timeout_s: Option<u64>,
+    /// Authentication failures allowed per client address and minute (0: no limit).
+    #[arg(long, env = "TURNPIKE_RATE_LIMIT_AUTH_FAILURES", default_value_t = 30)]
+    pub rate_limit_auth_failures: u32,
+    /// Challenge issuances per second, per client address and per API key (0: no limit).
+    #[arg(long, env = "TURNPIKE_RATE_LIMIT_CHALLENGES", default_value_t = 100)]
+    pub rate_limit_challenges: u32,
+    /// Challenge issuances allowed at once [default: twice the rate].
+    #[arg(long, env = "TURNPIKE_RATE_LIMIT_CHALLENGES_BURST")]
+    pub rate_limit_challenges_burst: Option<u32>,
+    /// Verifications per second, per client address and per API key (0: no limit).
+    #[arg(long, env = "TURNPIKE_RATE_LIMIT_VERIFICATIONS", default_value_t = 100)]
+    pub rate_limit_verifications: u32,
+    /// Verifications allowed at once [default: twice the rate].
+    #[arg(long, env = "TURNPIKE_RATE_LIMIT_VERIFICATIONS_BURST")]
+    pub rate_limit_verifications_burst: Option<u32>,
+    /// Count clients by the last `X-Forwarded-For` address, not the TCP peer: only behind a
+    /// proxy that sets that header and that clients cannot reach past.
+    #[arg(long, env = "TURNPIKE_TRUST_FORWARDED_FOR")]
+    pub trust_forwarded_for: bool,
+}
+
+fn timeout(flag: &str, seconds: u64) -> anyhow::Result<Duration> {
+    if !(1..=TIMEOUT_S_MAX).contains(&seconds) {
+        anyhow::bail!("--{flag} must be 1 to {TIMEOUT_S_MAX} seconds");
+    }
+    Ok(Duration::from_secs(seconds))
+}
+
+fn per_second(rate: u32, burst: Option<u32>) -> Rate {
+    Rate::per_second(
+        rate,
+        burst.unwrap_or_else(|| rate.saturating_mul(BURST_S_DEFAULT)),
+    )
+}
+
+impl LimitArgs {
+    /// The connection limits, for a gateway that waits `upstream_timeout` for an upstream.
+    pub fn connections(&self, upstream_timeout: Duration) -> anyhow::Result<ConnectionLimits> {
+        let mut limits = ConnectionLimits::defaults(upstream_timeout);
+        if let Some(max) = self.max_connections {
+            if !(1..=MAX_CONNECTIONS_MAX).contains(&max) {
+                anyhow::bail!("--max-connections must be 1 to {MAX_CONNECTIONS_MAX}");
+            }
+            if let Some(files) = open_files_limit()
+                && max.saturating_add(FDS_RESERVED) > files
+            {
+                tracing::warn!(
+                    "--max-connections {max} leaves fewer than {FDS_RESERVED} of the \
+                     {files} open files this process may have: accepts may fail"
+                );
+            }
+            limits.max_connections = max;
+        }
+        limits.header_timeout = timeout("header-timeout-s", self.header_timeout_s)?;
+        limits.keep_alive_timeout = timeout("keep-alive-timeout-s", self.keep_alive_timeout_s)?;
+        if let Some(seconds) = self.request_timeout_s {
+            limits.request_timeout = timeout("request-timeout-s", seconds)?;
+        }
+        if limits.request_timeout <= upstream_timeout {
+            anyhow::bail!(
+                "--request-timeout-s must exceed --upstream-timeout-s ({} s): a paid gateway \
+                 request waits that long for its upstream",
+                upstream_timeout.as_secs()
+            );
+        }
+        Ok(limits)
+    }
+
+    /// The rate limits.
+    pub fn rate_limits(&self) -> RateLimits {
+        RateLimits {
+            auth_failures: Rate::per_minute(self.rate_limit_auth_failures),
+            challenges: per_second(self.rate_limit_challenges, self.rate_limit_challenges_burst),
+            verifications: per_second(
+                self.rate_limit_verifications,
+                self.rate_limit_verifications_burst,
+            ),
+            trust_forwarded_for: self.trust_forwarded_for,
+        }
+    }
 }
 
 impl ServeArgs {
@@ -73,14 +182,17 @@ impl ServeArgs {
                 "gateway upstreams and rail RPCs may be in these non-public ranges too"
             );
         }
+        let upstream_timeout = Duration::from_secs(self.upstream_timeout_s.clamp(1, 600));
         Ok(Config {
             public_url,
             admin_token,
             platform_fee_bps: self.platform_fee_bps,
-            upstream_timeout: Duration::from_secs(self.upstream_timeout_s.clamp(1, 600)),
+            upstream_timeout,
             test_clock: self.test_clock,
             secrets_key: secrets_key_from_env()?,
             outbound,
+            connections: self.limits.connections(upstream_timeout)?,
+            rate_limits: self.limits.rate_limits(),
         })
     }
 }
@@ -138,6 +250,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         database = %args.db.describe(),
         public_url = %state.config.public_url,
         admin_api = state.config.admin_token.is_some(),
+        max_connections = state.config.connections.max_connections,
         "turnpike serving"
     );
     eprintln!(
@@ -183,6 +296,8 @@ pub async fn tenant_create(args: TenantCreateArgs) -> anyhow::Result<()> {
         test_clock: false,
         secrets_key: None,
         outbound: OutboundPolicy::default(),
+        connections: ConnectionLimits::defaults(Duration::from_secs(30)),
+        rate_limits: RateLimits::default(),
     };
     let state = turnpike_server::start(store, config).await?;
     let input = NewTenant {

@@ -29,6 +29,7 @@ const STRICT: Options = Options {
     test_clock: false,
     secrets_key: true,
     outbound_allow: false,
+    limits: support::Limits::GENEROUS,
 };
 
 /// A test address (EIP-55 irrelevant: the server parses any hex).

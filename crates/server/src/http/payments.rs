@@ -40,6 +40,7 @@ async fn challenges(
     State(state): State<AppState>,
     Json(facts): Json<RequestFacts>,
 ) -> ApiResult<axum::Json<Decision>> {
+    state.limiters.challenge_by_key(&auth.key_id)?;
     Ok(axum::Json(
         pipeline::challenge(&state, &auth.tenant, &facts).await?,
     ))
@@ -68,6 +69,7 @@ async fn verify(
     headers: HeaderMap,
     Json(body): Json<VerifyBody>,
 ) -> ApiResult<axum::Json<Decision>> {
+    state.limiters.verification_by_key(&auth.key_id)?;
     let values = match body.authorization {
         None => Vec::new(),
         Some(Authorization::One(value)) => vec![value],

@@ -61,6 +61,16 @@ fn turnpike_command() -> Command {
         "TURNPIKE_PUBLIC_URL",
         "TURNPIKE_PLATFORM_FEE_BPS",
         "TURNPIKE_OUTBOUND_ALLOW",
+        "TURNPIKE_MAX_CONNECTIONS",
+        "TURNPIKE_HEADER_TIMEOUT_S",
+        "TURNPIKE_KEEP_ALIVE_TIMEOUT_S",
+        "TURNPIKE_REQUEST_TIMEOUT_S",
+        "TURNPIKE_RATE_LIMIT_AUTH_FAILURES",
+        "TURNPIKE_RATE_LIMIT_CHALLENGES",
+        "TURNPIKE_RATE_LIMIT_CHALLENGES_BURST",
+        "TURNPIKE_RATE_LIMIT_VERIFICATIONS",
+        "TURNPIKE_RATE_LIMIT_VERIFICATIONS_BURST",
+        "TURNPIKE_TRUST_FORWARDED_FOR",
         "HTTP_PROXY",
         "HTTPS_PROXY",
         "ALL_PROXY",
@@ -110,6 +120,9 @@ pub struct Options {
     /// `--outbound-allow` [`OUTBOUND_ALLOW`]: upstreams and RPCs on this machine may be used
     /// (off: only public addresses, as a server started without the switch).
     pub outbound_allow: bool,
+    /// Connection limits, timeouts and rate limits ([`Limits::GENEROUS`] unless a test sets
+    /// tight ones).
+    pub limits: Limits,
 }
 
 /// The loopback ranges harness servers allow outbound (test upstreams and anvil).
@@ -123,7 +136,80 @@ impl Default for Options {
             test_clock: false,
             secrets_key: true,
             outbound_allow: true,
+            limits: Limits::GENEROUS,
         }
+    }
+}
+
+/// The limit flags a server is started with. A rate of 0 is no limit.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// `--upstream-timeout-s`.
+    pub upstream_timeout_s: u64,
+    /// `--max-connections`.
+    pub max_connections: u32,
+    /// `--header-timeout-s`.
+    pub header_timeout_s: u64,
+    /// `--keep-alive-timeout-s`.
+    pub keep_alive_timeout_s: u64,
+    /// `--request-timeout-s` (must exceed `upstream_timeout_s`).
+    pub request_timeout_s: u64,
+    /// `--rate-limit-auth-failures` (per address and minute).
+    pub auth_failures_per_min: u32,
+    /// `--rate-limit-challenges` and its burst.
+    pub challenges_per_s: (u32, u32),
+    /// `--rate-limit-verifications` and its burst.
+    pub verifications_per_s: (u32, u32),
+}
+
+impl Limits {
+    /// Limits no load test reaches: the harness's every server but those of the limit tests.
+    pub const GENEROUS: Self = Self {
+        upstream_timeout_s: 10,
+        max_connections: 4_096,
+        header_timeout_s: 30,
+        keep_alive_timeout_s: 75,
+        request_timeout_s: 120,
+        auth_failures_per_min: 0,
+        challenges_per_s: (0, 1),
+        verifications_per_s: (0, 1),
+    };
+
+    /// The flags.
+    pub fn args(&self) -> Vec<String> {
+        [
+            ("--upstream-timeout-s", self.upstream_timeout_s.to_string()),
+            ("--max-connections", self.max_connections.to_string()),
+            ("--header-timeout-s", self.header_timeout_s.to_string()),
+            (
+                "--keep-alive-timeout-s",
+                self.keep_alive_timeout_s.to_string(),
+            ),
+            ("--request-timeout-s", self.request_timeout_s.to_string()),
+            (
+                "--rate-limit-auth-failures",
+                self.auth_failures_per_min.to_string(),
+            ),
+            (
+                "--rate-limit-challenges",
+                self.challenges_per_s.0.to_string(),
+            ),
+            (
+                "--rate-limit-challenges-burst",
+                self.challenges_per_s.1.to_string(),
+            ),
+            (
+                "--rate-limit-verifications",
+                self.verifications_per_s.0.to_string(),
+            ),
+            (
+                "--rate-limit-verifications-burst",
+                self.verifications_per_s.1.to_string(),
+            ),
+        ]
+        .into_iter()
+        .flat_map(|(flag, value)| [flag.to_owned(), value])
+        .collect()
     }
 }
 
@@ -288,7 +374,7 @@ impl Server {
         let mut cmd = turnpike_command();
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--platform-fee-bps"])
             .arg(options.fee_bps.to_string())
-            .args(["--upstream-timeout-s", "10"])
+            .args(options.limits.args())
             .args(&db_args)
             .env("RUST_LOG", "warn,turnpike=info,turnpike_server=info")
             .stdin(Stdio::null())
@@ -367,6 +453,18 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         server
+    }
+
+    /// Send SIGTERM (a graceful stop: the requests in flight are finished).
+    pub fn terminate(&self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+    }
+
+    /// The exit status, once the process has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
     /// What the server wrote on stderr so far.
@@ -745,6 +843,9 @@ impl Drop for Server {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!("--- turnpike serve log ({}) ---\n{}", self.url, self.log());
+        }
+        if self.exited().is_some() {
+            return;
         }
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
