@@ -7,6 +7,7 @@ pub mod cache;
 pub mod catalog;
 pub mod connections;
 pub mod decision;
+pub mod deliveries;
 pub mod deposits;
 pub mod error;
 pub mod http;
@@ -81,6 +82,7 @@ pub async fn start(store: Store, config: Config) -> anyhow::Result<AppState> {
     );
     let state = AppState::new(store, engine, config, test_clock).await?;
     rails::spawn_jobs(state.clone());
+    deliveries::spawn_job(state.clone());
     deposits::spawn_watcher(state.clone());
     Ok(state)
 }

@@ -24,6 +24,7 @@ macro_rules! on_pool {
 
 mod agents;
 mod check;
+mod deliveries;
 mod deposits;
 mod error;
 mod guard;
@@ -55,6 +56,7 @@ pub use agents::{
     AgentRow, AgentTokenRow, ApprovalRow, AuditFilter, AuditRow, Decided, PolicyRow, SpendRow,
 };
 pub use check::{CheckReport, Phase, Total, VIOLATIONS_LISTED_MAX, Violation};
+pub use deliveries::DeliveryRow;
 pub use deposits::{CursorStart, DepositAddressRow, DepositConfigRow, DepositRow};
 pub use error::StoreError;
 pub use guard::{GuardRefusal, LedgerGuard, RefundDueGuard, RefundGuard, SettleGuard, StoreEngine};

@@ -10,6 +10,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use turnpike_protocol::ContentDigest;
+use turnpike_store::TenantRow;
 
 use crate::decision::{Decision, DecisionKind};
 use crate::error::{ApiError, ApiResult};
@@ -99,18 +100,23 @@ const HOP_BY_HOP: [&str; 9] = [
     "host",
 ];
 
+/// True when an `Authorization` value carries a Payment credential, however it is spelled or
+/// joined (`Payment<TAB>…`, `Bearer x, payment …`): such a value never reaches the upstream.
+/// A value is checked by the protocol's own scheme parser and, beyond it, by any token equal
+/// to `payment` between spaces, tabs and commas.
 fn is_payment_authorization(value: &HeaderValue) -> bool {
-    value
-        .to_str()
-        .map(|v| {
-            v.trim_start()
-                .get(..8)
-                .is_some_and(|s| s.eq_ignore_ascii_case("payment "))
-                || v.contains(", Payment ")
-                || v.contains(",Payment ")
-        })
-        .unwrap_or(false)
+    let text = String::from_utf8_lossy(value.as_bytes());
+    turnpike_protocol::auth_params::group_schemes(&text)
+        .iter()
+        .any(|group| group.scheme.eq_ignore_ascii_case(turnpike_protocol::SCHEME))
+        || text
+            .split(|c: char| c == ',' || c.is_ascii_whitespace())
+            .any(|token| token.eq_ignore_ascii_case("payment"))
 }
+
+/// Upstream answer headers never relayed: Turnpike's own payment headers are the only ones a
+/// client may trust.
+const UPSTREAM_DROPPED: [&str; 3] = ["payment-receipt", "www-authenticate", PAYMENT_HEADER];
 
 /// The gateway for `/{rest}` (also reached from [`super::discovery`] for methods other than
 /// GET and HEAD on its path).
@@ -147,8 +153,8 @@ pub(crate) async fn handle(
             )
         })?;
     let facts = RequestFacts {
-        method: method.clone(),
-        path: path.clone(),
+        method,
+        path,
         accept_payment: parts
             .headers
             .get("accept-payment")
@@ -162,74 +168,155 @@ pub(crate) async fn handle(
         .iter()
         .filter_map(|v| v.to_str().ok().map(str::to_owned))
         .collect();
-    let decision = if authorization
+    if !authorization
         .iter()
         .any(|v| v.to_ascii_lowercase().contains("payment"))
     {
-        pipeline::verify(&state, &tenant, &authorization, &facts, None).await?
-    } else {
-        pipeline::challenge(&state, &tenant, &facts).await?
-    };
-    if decision.decision != DecisionKind::Paid {
-        return Ok(decision.to_response());
+        return Ok(pipeline::challenge(&state, &tenant, &facts)
+            .await?
+            .to_response());
     }
-    let payment_id = decision.payment_id.clone().ok_or_else(ApiError::internal)?;
-    let query = parts
-        .uri
-        .query()
-        .map(|q| format!("?{q}"))
-        .unwrap_or_default();
-    let upstream = proxy(
-        &state,
-        &price,
-        &segments,
-        &query,
-        &parts.method,
-        &parts.headers,
+    let delivery = Delivery {
+        state,
+        tenant,
+        price,
+        facts,
+        authorization,
+        segments,
+        parts,
         body,
-        &payment_id,
-    )
-    .await;
-    match upstream {
-        Ok(response) if !response.status().is_server_error() => {
-            Ok(with_receipt(response, &decision))
-        }
-        outcome => {
-            let payment = state
-                .store
-                .payment(&tenant.id, &payment_id)
-                .await?
-                .ok_or_else(ApiError::internal)?;
-            if payment.payer_tenant_id.is_some() {
-                crate::refunds::refund_balance(&state, &payment).await?;
-                return Ok(match outcome {
-                    Ok(response) => strip_for_error(response),
-                    Err(detail) => ApiError::new(
-                        StatusCode::BAD_GATEWAY,
-                        "upstream-failed",
-                        format!("{detail}; the payment was refunded"),
-                    )
-                    .into_response(),
-                });
+    };
+    // Detached from the client's connection: once a credential may pay, the request is
+    // finished (served, or refunded) even when the client goes away meanwhile.
+    tokio::spawn(delivery.run()).await.map_err(|err| {
+        tracing::error!(error = %err, "a gateway delivery task failed");
+        ApiError::internal()
+    })?
+}
+
+/// A gateway request carrying a credential, handled to its end on a task of its own.
+struct Delivery {
+    state: AppState,
+    tenant: TenantRow,
+    price: PriceRef,
+    facts: RequestFacts,
+    authorization: Vec<String>,
+    segments: Vec<String>,
+    parts: axum::http::request::Parts,
+    body: Bytes,
+}
+
+impl Delivery {
+    /// Record the delivery before the credential may pay (`gateway_deliveries`), verify,
+    /// proxy, refund on an upstream failure; the record is deleted only once the request is
+    /// finished, so a crash anywhere in between leaves it for [`crate::deliveries`]' job.
+    async fn run(self) -> ApiResult<Response> {
+        let challenge_id = turnpike_protocol::find_payment_credential(
+            self.authorization.iter().map(String::as_str),
+        )
+        .ok()
+        .flatten()
+        .map(|credential| credential.challenge.id);
+        let (state, tenant) = (self.state.clone(), self.tenant.clone());
+        let began = match &challenge_id {
+            Some(id) => {
+                state
+                    .store
+                    .begin_delivery(&tenant.id, id, state.now_ms())
+                    .await?
             }
-            let owed = owe_back(&state, &payment).await;
-            Ok(match outcome {
-                Ok(response) => with_refund_headers(strip_for_error(response), &payment_id, owed),
-                Err(detail) => with_refund_headers(
-                    ApiError::new(
-                        StatusCode::BAD_GATEWAY,
-                        "upstream-failed",
-                        format!("{detail}; {}", owed.detail(&payment_id)),
-                    )
-                    .with("paymentId", payment_id.clone().into())
-                    .with("refund", owed.as_str().into())
-                    .into_response(),
-                    &payment_id,
-                    owed,
-                ),
-            })
+            None => false,
+        };
+        let (response, finished) = self.deliver().await?;
+        if let (true, true, Some(id)) = (began, finished, &challenge_id)
+            && let Err(err) = state.store.end_delivery(&tenant.id, id).await
+        {
+            // The job finds the request finished (its payment settled or refunded) later.
+            tracing::warn!(error = %err, "a finished gateway delivery could not be cleared");
+        }
+        Ok(response)
+    }
+
+    /// The answer, and whether the request is finished (false: a refund or reversal is still
+    /// owed and the delivery job is to retry it).
+    async fn deliver(self) -> ApiResult<(Response, bool)> {
+        let state = &self.state;
+        let decision =
+            pipeline::verify(state, &self.tenant, &self.authorization, &self.facts, None).await?;
+        if decision.decision != DecisionKind::Paid {
+            return Ok((decision.to_response(), true));
+        }
+        let payment_id = decision.payment_id.clone().ok_or_else(ApiError::internal)?;
+        let query = self
+            .parts
+            .uri
+            .query()
+            .map(|q| format!("?{q}"))
+            .unwrap_or_default();
+        let upstream = proxy(
+            state,
+            &self.price,
+            &self.segments,
+            &query,
+            &self.parts.method,
+            &self.parts.headers,
+            self.body,
+            &payment_id,
+        )
+        .await;
+        match upstream {
+            Ok(response) if !response.status().is_server_error() => {
+                Ok((with_receipt(response, &decision), true))
+            }
+            outcome => after_failure(state, &self.tenant, &payment_id, outcome).await,
         }
     }
+}
+
+/// The upstream failed after payment: refund a `turnpike` payer at once, or reverse a chain
+/// payment and mark it owed back.
+async fn after_failure(
+    state: &AppState,
+    tenant: &TenantRow,
+    payment_id: &str,
+    outcome: Result<Response, String>,
+) -> ApiResult<(Response, bool)> {
+    let payment = state
+        .store
+        .payment(&tenant.id, payment_id)
+        .await?
+        .ok_or_else(ApiError::internal)?;
+    if payment.payer_tenant_id.is_some() {
+        crate::refunds::refund_balance(state, &payment).await?;
+        return Ok((
+            match outcome {
+                Ok(response) => response,
+                Err(detail) => ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream-failed",
+                    format!("{detail}; the payment was refunded"),
+                )
+                .into_response(),
+            },
+            true,
+        ));
+    }
+    let owed = owe_back(state, &payment).await;
+    let response = match outcome {
+        Ok(response) => response,
+        Err(detail) => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "upstream-failed",
+            format!("{detail}; {}", owed.detail(payment_id)),
+        )
+        .with("paymentId", payment_id.to_owned().into())
+        .with("refund", owed.as_str().into())
+        .into_response(),
+    };
+    Ok((
+        with_refund_headers(response, payment_id, owed),
+        owed != Owed::Unrecorded,
+    ))
 }
 
 /// The response header saying what became of a chain payment whose upstream failed.
@@ -237,7 +324,7 @@ pub const REFUND_HEADER: &str = "x-turnpike-refund";
 
 /// What became of a payment settled on a chain (`evm`, `tempo`) whose upstream failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Owed {
+pub(crate) enum Owed {
     /// Reversed in the ledger and `refund_due`: the merchant returns it on chain.
     Due,
     /// A zero amount: nothing was paid, nothing is owed.
@@ -247,7 +334,7 @@ enum Owed {
 }
 
 impl Owed {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Due => "due",
             Self::Nothing => "none",
@@ -283,7 +370,7 @@ fn with_refund_headers(mut response: Response, payment_id: &str, owed: Owed) -> 
 /// A chain payment cannot be sent back by Turnpike (the tokens are at the merchant's
 /// recipient): reverse its booking and mark it `refund_due` with the paying address, once.
 /// Never fails the client's request: a ledger failure is logged and reported as `Unrecorded`.
-async fn owe_back(state: &AppState, payment: &turnpike_store::PaymentRow) -> Owed {
+pub(crate) async fn owe_back(state: &AppState, payment: &turnpike_store::PaymentRow) -> Owed {
     if payment.amount == "0" {
         return Owed::Nothing;
     }
@@ -361,7 +448,10 @@ async fn proxy(
     let status = response.status();
     let mut out_headers = HeaderMap::new();
     for (name, value) in response.headers() {
-        if HOP_BY_HOP.contains(&name.as_str()) || name == header::CONTENT_LENGTH {
+        if HOP_BY_HOP.contains(&name.as_str())
+            || name == header::CONTENT_LENGTH
+            || UPSTREAM_DROPPED.contains(&name.as_str())
+        {
             continue;
         }
         out_headers.append(name.clone(), value.clone());
@@ -408,10 +498,5 @@ fn with_receipt(mut response: Response, decision: &Decision) -> Response {
     if response.status().is_success() {
         decision.apply_headers(response.headers_mut());
     }
-    response
-}
-
-fn strip_for_error(mut response: Response) -> Response {
-    response.headers_mut().remove("payment-receipt");
     response
 }

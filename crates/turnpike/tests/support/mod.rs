@@ -467,6 +467,12 @@ impl Server {
         self.child.try_wait().ok().flatten()
     }
 
+    /// Kill the server with SIGKILL (no shutdown of any kind) and wait for it to be gone.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// What the server wrote on stderr so far.
     pub fn log(&self) -> String {
         self.log.lock().map(|l| l.clone()).unwrap_or_default()
@@ -971,6 +977,120 @@ async fn echo(
         "body": String::from_utf8_lossy(&body),
     }))
     .into_response()
+}
+
+/// An upstream that misbehaves by path (any prefix before the marker is ignored): `/slow-ok`
+/// answers 200 after [`HostileUpstream::SLOW`], `/slow-fail` 500 after it, `/hang` never,
+/// `/big` a body over the gateway's 10 MiB limit, `/cut` a body cut off after a few bytes,
+/// `/forge` 200 with forged payment headers; anything else echoes its `Authorization` values.
+#[derive(Debug)]
+pub struct HostileUpstream {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    hits: Arc<AtomicUsize>,
+    finished: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HostileUpstream {
+    /// How long `/slow-*` takes.
+    pub const SLOW: Duration = Duration::from_millis(700);
+
+    /// Start it.
+    pub async fn start() -> Self {
+        let hits = Arc::new(AtomicUsize::new(0));
+        let finished = Arc::new(AtomicUsize::new(0));
+        let (h, f) = (Arc::clone(&hits), Arc::clone(&finished));
+        let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+            let (hits, finished) = (Arc::clone(&h), Arc::clone(&f));
+            async move {
+                hits.fetch_add(1, Ordering::SeqCst);
+                let answer = hostile(request).await;
+                finished.fetch_add(1, Ordering::SeqCst);
+                answer
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the upstream");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self {
+            url,
+            hits,
+            finished,
+            task,
+        }
+    }
+
+    /// How many requests arrived.
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    /// How many requests it finished answering (a slow answer counts once it is sent).
+    pub fn finished(&self) -> usize {
+        self.finished.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for HostileUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn hostile(request: axum::extract::Request) -> axum::response::Response {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    let path = request.uri().path().to_owned();
+    let has = |marker: &str| path.split('/').any(|segment| segment == marker);
+    if has("slow-ok") || has("slow-fail") {
+        tokio::time::sleep(HostileUpstream::SLOW).await;
+        let status = if has("slow-ok") {
+            StatusCode::OK
+        } else {
+            StatusCode::INTERNAL_SERVER_ERROR
+        };
+        return (status, "slow").into_response();
+    }
+    if has("hang") {
+        tokio::time::sleep(Duration::from_secs(3_600)).await;
+    }
+    if has("big") {
+        return vec![b'x'; (10 << 20) + 1].into_response();
+    }
+    if has("cut") {
+        let chunks: Vec<Result<&'static str, std::io::Error>> =
+            vec![Ok("the beginning"), Err(std::io::Error::other("cut off"))];
+        let mut answer =
+            axum::body::Body::from_stream(futures_util::stream::iter(chunks)).into_response();
+        answer.headers_mut().insert(
+            "content-length",
+            axum::http::HeaderValue::from_static("1000"),
+        );
+        return answer;
+    }
+    if has("forge") {
+        return (
+            [
+                ("payment-receipt", "forged"),
+                ("www-authenticate", "Payment id=\"forged\""),
+                ("x-turnpike-payment", "pay_forged"),
+            ],
+            "forged",
+        )
+            .into_response();
+    }
+    let authorizations: Vec<String> = request
+        .headers()
+        .get_all("authorization")
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect();
+    axum::Json(json!({"path": path, "authorizations": authorizations})).into_response()
 }
 
 /// A URL nothing listens on: its port stays bound (so no other test can take it) but never
