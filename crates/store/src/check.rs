@@ -674,6 +674,27 @@ impl Checker {
         Ok(())
     }
 
+    /// Per currency, debits must equal credits, posted and pending.
+    fn compare_currencies(&mut self, currencies: &BTreeMap<String, CurrencySums>) {
+        self.report.currencies_checked = u64::try_from(currencies.len()).unwrap_or(u64::MAX);
+        for (currency, sums) in currencies {
+            let phases = [
+                (Phase::Posted, sums.debits_posted, sums.credits_posted),
+                (Phase::Pending, sums.debits_pending, sums.credits_pending),
+            ];
+            for (phase, debits, credits) in phases {
+                if debits != credits {
+                    self.violation(Violation::CurrencyUnbalanced {
+                        currency: currency.clone(),
+                        phase,
+                        debits: debits.to_string(),
+                        credits: credits.to_string(),
+                    });
+                }
+            }
+        }
+    }
+
     /// A merchant's revenue may not go below zero: more reversed or refunded from it than it
     /// received is a loss someone has to explain.
     fn revenue_floor(&mut self, account: &Account) {
@@ -745,23 +766,7 @@ impl Checker {
                 });
             }
         }
-        self.report.currencies_checked = u64::try_from(currencies.len()).unwrap_or(u64::MAX);
-        for (currency, sums) in currencies {
-            let phases = [
-                (Phase::Posted, sums.debits_posted, sums.credits_posted),
-                (Phase::Pending, sums.debits_pending, sums.credits_pending),
-            ];
-            for (phase, debits, credits) in phases {
-                if debits != credits {
-                    self.violation(Violation::CurrencyUnbalanced {
-                        currency: currency.clone(),
-                        phase,
-                        debits: debits.to_string(),
-                        credits: credits.to_string(),
-                    });
-                }
-            }
-        }
+        self.compare_currencies(&currencies);
         self.report
     }
 }

@@ -162,12 +162,7 @@ pub(crate) async fn handle(
             .map(str::to_owned),
         body_digest: (!body.is_empty()).then(|| ContentDigest::sha256(&body).to_header_value()),
     };
-    let authorization: Vec<String> = parts
-        .headers
-        .get_all(header::AUTHORIZATION)
-        .iter()
-        .filter_map(|v| v.to_str().ok().map(str::to_owned))
-        .collect();
+    let authorization = authorization_values(&parts.headers);
     if !authorization
         .iter()
         .any(|v| v.to_ascii_lowercase().contains("payment"))
@@ -192,6 +187,14 @@ pub(crate) async fn handle(
         tracing::error!(error = %err, "a gateway delivery task failed");
         ApiError::internal()
     })?
+}
+
+fn authorization_values(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .filter_map(|v| v.to_str().ok().map(str::to_owned))
+        .collect()
 }
 
 /// A gateway request carrying a credential, handled to its end on a task of its own.
@@ -446,16 +449,7 @@ async fn proxy(
             }
         })?;
     let status = response.status();
-    let mut out_headers = HeaderMap::new();
-    for (name, value) in response.headers() {
-        if HOP_BY_HOP.contains(&name.as_str())
-            || name == header::CONTENT_LENGTH
-            || UPSTREAM_DROPPED.contains(&name.as_str())
-        {
-            continue;
-        }
-        out_headers.append(name.clone(), value.clone());
-    }
+    let out_headers = relayed_headers(response.headers());
     let mut body = Vec::new();
     let mut response = response;
     loop {
@@ -474,6 +468,22 @@ async fn proxy(
     *out.status_mut() = status;
     *out.headers_mut() = out_headers;
     Ok(out)
+}
+
+/// The upstream's answer headers a client gets: not hop-by-hop ones, not its length (the
+/// body is re-framed), never its payment headers.
+fn relayed_headers(headers: &reqwest::header::HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    for (name, value) in headers {
+        if HOP_BY_HOP.contains(&name.as_str())
+            || name == header::CONTENT_LENGTH
+            || UPSTREAM_DROPPED.contains(&name.as_str())
+        {
+            continue;
+        }
+        out.append(name.clone(), value.clone());
+    }
+    out
 }
 
 /// The upstream URL for a request: the price's base URL with each decoded segment appended as
