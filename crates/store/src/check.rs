@@ -770,3 +770,45 @@ impl Checker {
         self.report
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Wide;
+
+    fn wide(amounts: &[u128]) -> Wide {
+        let mut sum = Wide::default();
+        for amount in amounts {
+            sum.add(*amount);
+        }
+        sum
+    }
+
+    #[test]
+    fn wide_sums_print_in_decimal_beyond_u128() {
+        assert_eq!(wide(&[]).to_string(), "0");
+        assert_eq!(wide(&[5, 7]).to_string(), "12");
+        assert_eq!(
+            wide(&[u128::MAX, 1]).to_string(),
+            "340282366920938463463374607431768211456"
+        );
+        assert_eq!(
+            wide(&[u128::MAX, u128::MAX]).to_string(),
+            "680564733841876926926749214863536422910"
+        );
+        // 10^19 boundaries inside the long division keep their zeros.
+        assert_eq!(
+            wide(&[u128::MAX, u128::MAX, 10_000_000_000_000_000_000]).to_string(),
+            "680564733841876926936749214863536422910"
+        );
+    }
+
+    #[test]
+    fn wide_differences_borrow_from_the_high_half() {
+        assert_eq!(
+            wide(&[u128::MAX, 1]).minus(1).to_string(),
+            u128::MAX.to_string()
+        );
+        assert_eq!(wide(&[10, 5]).minus(15).to_string(), "0");
+        assert_eq!(wide(&[u128::MAX, 9]).minus(u128::MAX), wide(&[9]));
+    }
+}
