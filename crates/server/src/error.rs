@@ -64,6 +64,33 @@ impl ApiError {
         )
     }
 
+    /// 404 `not-found` for a path no route serves.
+    pub fn no_route(path: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            format!("no resource at {path}"),
+        )
+    }
+
+    /// 405 `method-not-allowed` (the router adds the `Allow` header).
+    pub fn method_not_allowed(method: &str) -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            format!("{method} is not allowed here; the Allow header lists what is"),
+        )
+    }
+
+    /// 413 `payload-too-large`: a body over `limit_bytes`.
+    pub fn payload_too_large(limit_bytes: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload-too-large",
+            format!("request bodies are at most {limit_bytes} bytes"),
+        )
+    }
+
     /// 409 `conflict`.
     pub fn conflict(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "conflict", detail)
@@ -133,6 +160,7 @@ fn title(code: &str) -> &'static str {
         "upstream-failed" => "Upstream failed",
         "unavailable" => "Service unavailable",
         "payload-too-large" => "Payload too large",
+        "method-not-allowed" => "Method not allowed",
         "admin-disabled" => "Operator API disabled",
         "secrets-key-missing" => "No secrets key on this server",
         "deposits-disabled" => "Deposits are not configured",

@@ -28,7 +28,6 @@ use std::time::Duration;
 
 use axum::{Router, middleware};
 use tokio::net::TcpListener;
-use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 use turnpike_ledger::{Clock as _, Engine, EngineConfig, ManualClock, SystemClock};
@@ -57,7 +56,7 @@ pub fn app(state: AppState) -> Router {
             connections::request_timeout,
         ))
         .with_state(state)
-        .layer(RequestBodyLimitLayer::new(BODY_BYTES_MAX))
+        .layer(middleware::from_fn(http::body_limit))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(TraceLayer::new_for_http())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))

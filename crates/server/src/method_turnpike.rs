@@ -284,9 +284,30 @@ impl BalanceLedger for PaymentLedger<'_> {
     }
 }
 
-/// The platform fee on `amount` (rounded down).
+/// Basis points in a whole (100%).
+const BPS_PER_WHOLE: u128 = 10_000;
+
+/// The platform fee on `amount`: exactly `floor(amount * fee_bps / 10_000)`, for every `amount`
+/// up to `u128::MAX`, without the product ever being formed.
+///
+/// Write `amount = q * 10_000 + r` with `q = amount / 10_000` and `0 <= r < 10_000`. Then
+/// `amount * bps / 10_000 = q * bps + r * bps / 10_000`, and as `q * bps` is an integer,
+/// `floor(amount * bps / 10_000) = q * bps + floor(r * bps / 10_000)`, which is what is computed.
+/// Neither term overflows when `bps <= 10_000`: `q * bps <= q * 10_000 <= amount`, and
+/// `r * bps < 10_000 * 10_000`; their sum is the fee, at most `amount`.
+///
+/// # Panics
+/// When `fee_bps` is above [`PLATFORM_FEE_BPS_MAX`](crate::state::PLATFORM_FEE_BPS_MAX), which
+/// the configuration refuses at start-up.
 pub fn fee_minor(amount: u128, fee_bps: u32) -> u128 {
-    amount.saturating_mul(u128::from(fee_bps)) / 10_000
+    assert!(
+        fee_bps <= crate::state::PLATFORM_FEE_BPS_MAX,
+        "platform fee of {fee_bps} bps above 100%"
+    );
+    let bps = u128::from(fee_bps);
+    let fee = amount / BPS_PER_WHOLE * bps + amount % BPS_PER_WHOLE * bps / BPS_PER_WHOLE;
+    debug_assert!(fee <= amount);
+    fee
 }
 
 #[cfg(test)]
@@ -499,7 +520,123 @@ mod tests {
     fn fees_round_down_and_never_exceed_the_amount() {
         assert_eq!(fee_minor(1_000, 250), 25);
         assert_eq!(fee_minor(39, 250), 0);
+        assert_eq!(fee_minor(40, 250), 1);
         assert_eq!(fee_minor(1_000, 10_000), 1_000);
-        assert_eq!(fee_minor(u128::MAX, 10_000), u128::MAX / 10_000);
+        assert_eq!(fee_minor(1_000, 0), 0);
+        // 100% of anything is all of it, however large.
+        assert_eq!(fee_minor(u128::MAX, 10_000), u128::MAX);
+        assert_eq!(fee_minor(u128::MAX, 0), 0);
+        // floor((2^128 - 1) * 250 / 10_000) = floor((2^128 - 1) / 40).
+        assert_eq!(fee_minor(u128::MAX, 250), u128::MAX / 40);
+        assert_eq!(fee_minor(u128::MAX, 5_000), u128::MAX / 2);
+        assert_eq!(
+            fee_minor(u128::MAX, 3_333),
+            113_416_112_894_748_789_872_342_756_657_008_344_877
+        );
+    }
+
+    /// `floor(amount * bps / 10_000)` computed on 256 bits (two u128 halves): the reference
+    /// [`fee_minor`] must equal.
+    fn fee_wide(amount: u128, bps: u32) -> u128 {
+        let product = U256Lite::mul(amount, u128::from(bps));
+        product.div_small(10_000)
+    }
+
+    /// A 256-bit unsigned integer as high and low u128 halves, just enough for the reference.
+    struct U256Lite {
+        high: u128,
+        low: u128,
+    }
+
+    impl U256Lite {
+        /// `a * b` for `b < 2^64`, exactly.
+        fn mul(a: u128, b: u128) -> Self {
+            assert!(b < 1 << 64);
+            let (a_high, a_low) = (a >> 64, a & u128::from(u64::MAX));
+            let low_part = a_low * b; // < 2^128
+            let high_part = a_high * b; // < 2^128, weighs 2^64
+            let (low, carry) = low_part.overflowing_add(high_part << 64);
+            Self {
+                high: (high_part >> 64) + u128::from(carry),
+                low,
+            }
+        }
+
+        /// `floor(self / d)` for `0 < d < 2^64` when the quotient fits in u128, by long
+        /// division in 64-bit digits.
+        fn div_small(&self, d: u128) -> u128 {
+            assert!(0 < d && d < 1 << 64);
+            let digits = [
+                self.high >> 64,
+                self.high & u128::from(u64::MAX),
+                self.low >> 64,
+                self.low & u128::from(u64::MAX),
+            ];
+            let mut remainder = 0u128;
+            let mut quotient = [0u128; 4];
+            for (digit, q) in digits.iter().zip(quotient.iter_mut()) {
+                let current = (remainder << 64) | digit; // remainder < d < 2^64: no overflow
+                *q = current / d;
+                remainder = current % d;
+            }
+            assert_eq!(quotient[0], 0, "quotient wider than u128");
+            assert_eq!(quotient[1], 0, "quotient wider than u128");
+            (quotient[2] << 64) | quotient[3]
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(20_000))]
+
+        #[test]
+        fn fee_is_exactly_the_floor_of_the_wide_product(
+            amount in proptest::prelude::any::<u128>(),
+            bps in 0u32..=10_000,
+        ) {
+            proptest::prop_assert_eq!(fee_minor(amount, bps), fee_wide(amount, bps));
+        }
+
+        #[test]
+        fn fee_is_exact_near_the_top_and_at_multiples(
+            below_max in 0u128..100_000,
+            bps in 0u32..=10_000,
+        ) {
+            let amount = u128::MAX - below_max;
+            proptest::prop_assert_eq!(fee_minor(amount, bps), fee_wide(amount, bps));
+            let multiple = (amount / 10_000) * 10_000;
+            proptest::prop_assert_eq!(fee_minor(multiple, bps), fee_wide(multiple, bps));
+        }
+    }
+
+    #[test]
+    fn fee_is_exact_for_small_amounts_and_every_rate() {
+        for bps in [0, 1, 99, 100, 250, 3_333, 9_999, 10_000] {
+            for amount in 0..30_000u128 {
+                assert_eq!(fee_minor(amount, bps), amount * u128::from(bps) / 10_000);
+            }
+        }
+    }
+
+    #[test]
+    fn the_wide_reference_is_itself_right() {
+        assert_eq!(fee_wide(u128::MAX, 10_000), u128::MAX);
+        assert_eq!(fee_wide(u128::MAX, 5_000), u128::MAX / 2);
+        // Figures from Python's arbitrary-precision integers.
+        assert_eq!(fee_wide(1 << 100, 7), 887_355_420_159_760_581_047_692_243);
+        assert_eq!(
+            fee_wide(u128::MAX, 3_333),
+            113_416_112_894_748_789_872_342_756_657_008_344_877
+        );
+        assert_eq!(
+            fee_wide(u128::MAX - 5, 9_999),
+            340_248_338_684_246_369_617_028_269_971_025_034_628
+        );
+        assert_eq!(fee_wide(123_456_789, 250), 123_456_789 * 250 / 10_000);
+    }
+
+    #[test]
+    #[should_panic(expected = "above 100%")]
+    fn a_fee_above_100_percent_is_refused() {
+        let _ = fee_minor(1, 10_001);
     }
 }

@@ -147,6 +147,7 @@ pub async fn run(args: EvmBenchArgs) -> anyhow::Result<()> {
         args.database_url.as_deref(),
         &dir,
         &admin_token,
+        crate::bench_verify::BENCH_FEE_BPS,
         &[(turnpike_server::secrets::SECRETS_KEY_ENV, &secrets_key)],
     )?;
     let merchant = Merchant::create(

@@ -6,7 +6,13 @@
 //! `concurrency` clients for `duration_s` seconds. Each iteration is one full payment cycle:
 //! `POST /v1/challenges` (the merchant asks for the 402), `POST /v1/agent/pay` (the agent turns
 //! it into a credential, reserving the amount), `POST /v1/verify` (the merchant verifies and
-//! settles). A second phase measures `POST /v1/challenges` alone. Finally the ledger is checked.
+//! settles). A second phase measures `POST /v1/challenges` alone. The server charges a platform
+//! fee ([`VERIFY_FEE_BPS`]) on a price whose fee is not zero ([`BENCH_PRICE_MINOR`]). Finally the
+//! books are read back (see [`books`]) and the ledger is checked: the run fails on any error of
+//! the load, on a count of paid cycles other than the settled payments, on balances that differ
+//! from the paid cycles' worth by a unit, and on a failed ledger check.
+
+mod books;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -100,6 +106,15 @@ pub const DURATION_S_MAX: u64 = 3_600;
 const BENCH_CONNECTIONS_MAX: u32 = 2 * CONCURRENCY_MAX;
 /// How long the server may take to start.
 const SERVER_START_TIMEOUT: Duration = Duration::from_secs(60);
+/// The platform fee `bench verify` charges (2.5%).
+pub(crate) const VERIFY_FEE_BPS: u32 = 250;
+/// The platform fee of the other benches' servers (1%).
+pub(crate) const BENCH_FEE_BPS: u32 = 100;
+/// The bench price (usd minor units): its fee at [`VERIFY_FEE_BPS`] is 10, at
+/// [`BENCH_FEE_BPS`] 4, never rounded away to zero.
+const BENCH_PRICE_MINOR: u128 = 400;
+/// The bench payer's credit (usd minor units): more than any run spends.
+const PAYER_CREDIT_MINOR: u128 = 1_000_000_000_000_000;
 
 pub(crate) struct Server {
     child: Child,
@@ -123,12 +138,14 @@ impl Drop for Server {
     }
 }
 
-/// Start `turnpike serve` with a 1% platform fee on the chosen database, with `envs` set.
+/// Start `turnpike serve` with a platform fee of `fee_bps` on the chosen database, with `envs`
+/// set.
 pub(crate) fn start_server(
     backend: Backend,
     database_url: Option<&str>,
     dir: &TempDir,
     admin_token: &str,
+    fee_bps: u32,
     envs: &[(&str, &str)],
 ) -> anyhow::Result<Server> {
     let exe = std::env::current_exe().context("locating the turnpike binary")?;
@@ -139,7 +156,7 @@ pub(crate) fn start_server(
             "--listen",
             "127.0.0.1:0",
             "--platform-fee-bps",
-            "100",
+            &fee_bps.to_string(),
             // The load generator, its upstream and anvil are on this machine.
             "--outbound-allow",
             "127.0.0.0/8,::1/128",
@@ -214,9 +231,10 @@ async fn post(
     Ok(body)
 }
 
-/// The merchant key and agent tokens of a fresh setup.
+/// The merchant and payer keys and agent tokens of a fresh setup.
 struct Setup {
     merchant_key: String,
+    payer_key: String,
     /// One line per agent.
     tokens_file: std::path::PathBuf,
 }
@@ -275,11 +293,14 @@ async fn setup(
         &client,
         &format!("{api}/v1/admin/tenants/{payer_id}/credit"),
         admin_token,
-        json!({"amount": "1000000000000000", "currency": "usd"}),
+        json!({"amount": PAYER_CREDIT_MINOR.to_string(), "currency": "usd"}),
     )
     .await?;
-    post(&client, &format!("{api}/v1/prices"), &merchant_key,
-        json!({"route": {"method": "GET", "path": "/bench/{item}"}, "amount": "1", "currency": "usd"})).await?;
+    let price = json!({
+        "route": {"method": "GET", "path": "/bench/{item}"},
+        "amount": BENCH_PRICE_MINOR.to_string(), "currency": "usd",
+    });
+    post(&client, &format!("{api}/v1/prices"), &merchant_key, price).await?;
     let merchant_id = merchant["tenant"]["id"].as_str().context("merchant id")?;
     let mut tokens = String::new();
     for n in 0..agents {
@@ -318,6 +339,7 @@ async fn setup(
     std::fs::write(&tokens_file, tokens).context("writing the agent tokens")?;
     Ok(Setup {
         merchant_key,
+        payer_key,
         tokens_file,
     })
 }
@@ -366,10 +388,12 @@ pub async fn run(args: VerifyBenchArgs) -> anyhow::Result<()> {
         args.database_url.as_deref(),
         &dir,
         &admin_token,
+        VERIFY_FEE_BPS,
         &[],
     )?;
     let api = server.url.clone();
     let setup = setup(&api, &admin_token, &dir, 1, false).await?;
+    let fees_before = platform_fees(&api, &admin_token).await?;
     let cycle = run_load(
         &api,
         &setup,
@@ -384,21 +408,117 @@ pub async fn run(args: VerifyBenchArgs) -> anyhow::Result<()> {
         args.concurrency,
         args.duration_s,
     )?;
+    let expected = books::Expected {
+        paid: count(&cycle, "ok")? + count(&cycle, "warmUpOk")?,
+        price_minor: BENCH_PRICE_MINOR,
+        fee_minor: turnpike_server::method_turnpike::fee_minor(BENCH_PRICE_MINOR, VERIFY_FEE_BPS),
+        payer_credit_minor: PAYER_CREDIT_MINOR,
+    };
+    ensure!(expected.fee_minor > 0, "the bench price's fee is zero");
+    let observed = read_books(&api, &admin_token, &setup, fees_before).await?;
     drop(server);
     let check = ledger_check(args.backend, args.database_url.as_deref(), &dir).await?;
-    let backend = backend_name(args.backend);
+    let mut failures = books::discrepancies(&expected, &observed);
+    let errors = count(&cycle, "errors")? + count(&challenges, "errors")?;
+    if errors > 0 {
+        failures.insert(0, format!("{errors} requests failed"));
+    }
+    if !check.is_ok() {
+        failures.push(format!(
+            "the ledger check failed: {}",
+            check.to_string().replace('\n', "; ")
+        ));
+    }
+    let run = VerifyRun {
+        args: &args,
+        cycle: &cycle,
+        challenges: &challenges,
+        expected: &expected,
+        observed: &observed,
+        errors,
+        ledger_ok: check.is_ok(),
+    };
     if args.json {
-        println!(
-            "{}",
-            json!({
-                "backend": backend, "concurrency": args.concurrency, "durationS": args.duration_s,
-                "cycle": cycle, "challenges": challenges, "ledgerCheckOk": check.is_ok(),
-            })
-        );
+        println!("{}", run.json());
     } else {
+        run.print();
+    }
+    if !failures.is_empty() {
+        bail!("bench verify: {}", failures.join("; "));
+    }
+    Ok(())
+}
+
+/// A non-negative integer figure of the load generator's output.
+fn count(figures: &Value, field: &str) -> anyhow::Result<u64> {
+    figures[field]
+        .as_u64()
+        .with_context(|| format!("the load generator reported no `{field}`: {figures}"))
+}
+
+/// The signed balance of the platform's usd fee account (the database may hold earlier runs').
+async fn platform_fees(api: &str, admin_token: &str) -> anyhow::Result<i128> {
+    let url = reqwest::Url::parse(&format!("{api}/v1/admin/balances"))?;
+    let balances = books::get_json(&reqwest::Client::new(), url, admin_token).await?;
+    Ok(books::account_of(&balances, "platform_fees")?.available)
+}
+
+/// What the server booked: the merchant's payments and balances, the payer's balance and the
+/// platform's fees gained since `fees_before`.
+async fn read_books(
+    api: &str,
+    admin_token: &str,
+    setup: &Setup,
+    fees_before: i128,
+) -> anyhow::Result<books::Observed> {
+    let client = reqwest::Client::new();
+    let (settled, unsettled, off_price) =
+        books::count_payments(&client, api, &setup.merchant_key, BENCH_PRICE_MINOR).await?;
+    let balances_url = reqwest::Url::parse(&format!("{api}/v1/balances"))?;
+    let merchant = books::get_json(&client, balances_url.clone(), &setup.merchant_key).await?;
+    let payer = books::get_json(&client, balances_url, &setup.payer_key).await?;
+    Ok(books::Observed {
+        settled,
+        unsettled,
+        off_price,
+        revenue: books::account_of(&merchant, "merchant_revenue")?,
+        payer: books::account_of(&payer, "payer_balance")?,
+        platform_fee_gain: platform_fees(api, admin_token).await? - fees_before,
+    })
+}
+
+/// A finished `bench verify` run's figures.
+struct VerifyRun<'a> {
+    args: &'a VerifyBenchArgs,
+    cycle: &'a Value,
+    challenges: &'a Value,
+    expected: &'a books::Expected,
+    observed: &'a books::Observed,
+    errors: u64,
+    ledger_ok: bool,
+}
+
+impl VerifyRun<'_> {
+    fn json(&self) -> Value {
+        json!({
+            "backend": backend_name(self.args.backend), "concurrency": self.args.concurrency,
+            "durationS": self.args.duration_s,
+            "cycle": self.cycle, "challenges": self.challenges,
+            "feeBps": VERIFY_FEE_BPS, "priceMinor": BENCH_PRICE_MINOR.to_string(),
+            "feeMinor": self.expected.fee_minor.to_string(),
+            "errors": self.errors, "paid": self.expected.paid,
+            "books": self.observed.json(), "ledgerCheckOk": self.ledger_ok,
+        })
+    }
+
+    fn print(&self) {
+        let (cycle, challenges) = (self.cycle, self.challenges);
         println!(
-            "bench verify on {backend}, {} concurrent clients, {} s per phase",
-            args.concurrency, args.duration_s
+            "bench verify on {}, {} concurrent clients, {} s per phase, platform fee {} bps",
+            backend_name(self.args.backend),
+            self.args.concurrency,
+            self.args.duration_s,
+            VERIFY_FEE_BPS
         );
         println!(
             "full cycles (challenge + agent pay + verify): {} paid in {} s = {} paid verifications/s, {} errors",
@@ -420,15 +540,16 @@ pub async fn run(args: VerifyBenchArgs) -> anyhow::Result<()> {
             challenges["latencyMs"]["challenge"]["p99"],
             challenges["errors"]
         );
+        let o = self.observed;
+        println!(
+            "books: {} paid (warm-up included), {} settled; merchant revenue {}, platform fees +{}",
+            self.expected.paid, o.settled, o.revenue.available, o.platform_fee_gain
+        );
         println!(
             "ledger check: {}",
-            if check.is_ok() { "ok" } else { "FAILED" }
+            if self.ledger_ok { "ok" } else { "FAILED" }
         );
     }
-    if !check.is_ok() {
-        bail!("the ledger check failed after the run:\n{check}");
-    }
-    Ok(())
 }
 
 pub(crate) async fn ledger_check(
@@ -472,6 +593,7 @@ pub async fn run_pay(args: PayBenchArgs) -> anyhow::Result<()> {
         args.database_url.as_deref(),
         &dir,
         &admin_token,
+        BENCH_FEE_BPS,
         &[],
     )?;
     let api = server.url.clone();
@@ -767,7 +889,9 @@ pub async fn load(args: LoadArgs) -> anyhow::Result<()> {
     println!(
         "{}",
         json!({
-            "ok": all.ok, "errors": all.errors,
+            // The warm-up's one iteration, done before the clock started (in `cycle` mode, a
+            // paid cycle too).
+            "ok": all.ok, "errors": all.errors, "warmUpOk": 1,
             "elapsedS": (elapsed * 100.0).round() / 100.0,
             "perSecond": (all.ok as f64 / elapsed).round(),
             "latencyMs": {

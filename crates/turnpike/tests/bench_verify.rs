@@ -2,7 +2,9 @@
 //! `turnpike serve` and its separate load generator on SQLite (its own temporary directory) and
 //! on PostgreSQL (a database on the private server `turnpike_store::testing` starts). A short,
 //! light run must complete paid cycles without an error, print well-formed figures and leave a
-//! consistent ledger. Never a test of speed.
+//! consistent ledger; `bench verify` charges a non-zero platform fee and its books (settled
+//! payments, merchant revenue, platform fees, payer balance) must match its paid cycles to the
+//! unit. Never a test of speed.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -86,6 +88,44 @@ async fn bench_verify_pays_full_cycles_and_leaves_a_consistent_ledger(db: &TestD
     );
     assert_phase(&line["challenges"], &["challenge"], &line);
     assert_eq!(line["ledgerCheckOk"].as_bool(), Some(true), "{line}");
+    assert_books(&line);
+}
+
+/// The amount string `value` as a number.
+fn minor(value: &Value) -> i128 {
+    value
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an amount string: {value}"))
+}
+
+/// `bench verify` charged a fee that is not zero, and what it read back from the server is
+/// exactly its paid cycles' worth.
+fn assert_books(line: &Value) {
+    assert_eq!(line["feeBps"].as_u64(), Some(250), "{line}");
+    // 2.5% of 400 is 10, not rounded away.
+    assert_eq!(line["priceMinor"].as_str(), Some("400"), "{line}");
+    assert_eq!(line["feeMinor"].as_str(), Some("10"), "{line}");
+    assert_eq!(line["errors"].as_u64(), Some(0), "{line}");
+    let paid = line["paid"].as_u64().unwrap();
+    // Every counted cycle, and the warm-up's.
+    assert_eq!(paid, line["cycle"]["ok"].as_u64().unwrap() + 1, "{line}");
+    let books = &line["books"];
+    assert_eq!(books["settled"].as_u64(), Some(paid), "{line}");
+    assert_eq!(books["unsettled"].as_u64(), Some(0), "{line}");
+    assert_eq!(books["offPrice"].as_u64(), Some(0), "{line}");
+    let n = i128::from(paid);
+    let revenue = &books["merchantRevenue"];
+    assert_eq!(minor(&revenue["creditsPosted"]), n * 400, "{line}");
+    assert_eq!(minor(&revenue["debitsPosted"]), n * 10, "{line}");
+    assert_eq!(minor(&revenue["available"]), n * 390, "{line}");
+    assert_eq!(minor(&books["platformFeeGainMinor"]), n * 10, "{line}");
+    assert_eq!(
+        minor(&books["payer"]["available"]),
+        1_000_000_000_000_000 - n * 400,
+        "{line}"
+    );
+    assert_eq!(minor(&books["payer"]["debitsPending"]), 0, "{line}");
 }
 
 async fn bench_pay_reserves_under_a_policy_and_leaves_a_consistent_ledger(db: &TestDb) {

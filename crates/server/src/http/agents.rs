@@ -216,7 +216,7 @@ async fn create_token(
     auth: TenantAuth,
     State(state): State<AppState>,
     Path(agent_id): Path<String>,
-    body: axum::body::Bytes,
+    super::Body(body): super::Body,
 ) -> ApiResult<(StatusCode, axum::Json<Value>)> {
     let input: NewToken = super::optional_json(&body)?;
     let agent = state
@@ -234,7 +234,7 @@ async fn create_token(
 async fn create_child_token(
     agent: AgentAuth,
     State(state): State<AppState>,
-    body: axum::body::Bytes,
+    super::Body(body): super::Body,
 ) -> ApiResult<(StatusCode, axum::Json<Value>)> {
     let input: NewToken = super::optional_json(&body)?;
     let parent = &agent.token;

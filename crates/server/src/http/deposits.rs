@@ -3,7 +3,6 @@
 //! (`GET /v1/deposits`). The address's private key is sealed at rest and never returned.
 
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
@@ -63,7 +62,7 @@ async fn config_json(state: &AppState, settings: &EvmDepositSettings) -> ApiResu
 async fn put_config(
     _: Admin,
     State(state): State<AppState>,
-    body: Bytes,
+    super::Body(body): super::Body,
 ) -> ApiResult<(StatusCode, axum::Json<Value>)> {
     let value: Value = serde_json::from_slice(&body)
         .map_err(|err| ApiError::invalid(format!("invalid JSON body: {err}")))?;

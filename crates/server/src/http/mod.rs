@@ -1,8 +1,11 @@
 //! The HTTP API: one module per resource, each exporting a `router()`, merged here.
 
 use axum::Router;
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{BytesRejection, JsonRejection};
 use axum::extract::{FromRequest, Request};
+use axum::http::{Method, StatusCode, Uri, header};
+use axum::middleware::Next;
+use axum::response::Response;
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -35,6 +38,64 @@ pub fn router() -> Router<AppState> {
         .merge(spend::router())
         .merge(discovery::router())
         .merge(gateway::router())
+        // Both after every route: the 405 fallback applies to the routes registered so far.
+        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(no_route)
+}
+
+/// The answer for a path no route serves: 404 problem+json.
+async fn no_route(uri: Uri) -> ApiError {
+    ApiError::no_route(uri.path())
+}
+
+/// The answer for a method a route does not serve: 405 problem+json (axum adds `Allow`).
+async fn method_not_allowed(method: Method) -> ApiError {
+    ApiError::method_not_allowed(method.as_str())
+}
+
+/// Refuse a request whose body is over [`BODY_BYTES_MAX`](crate::BODY_BYTES_MAX) with 413
+/// problem+json: at once when its `Content-Length` says so, else when a handler reading it
+/// passes the limit (the [`Json`] and [`Body`] extractors answer 413 then).
+pub async fn body_limit(request: Request, next: Next) -> Response {
+    use axum::response::IntoResponse as _;
+    let limit = crate::BODY_BYTES_MAX;
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return ApiError::payload_too_large(limit).into_response();
+    }
+    let request =
+        request.map(|body| axum::body::Body::new(http_body_util::Limited::new(body, limit)));
+    next.run(request).await
+}
+
+/// A whole request body (at most [`BODY_BYTES_MAX`](crate::BODY_BYTES_MAX)), whose rejection is
+/// problem+json: 413 over the limit, 400 for a body that could not be read.
+#[derive(Debug)]
+pub struct Body(pub bytes::Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for Body {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        bytes::Bytes::from_request(req, state)
+            .await
+            .map(Self)
+            .map_err(|rejection| body_rejection(&rejection))
+    }
+}
+
+fn body_rejection(rejection: &BytesRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::payload_too_large(crate::BODY_BYTES_MAX)
+    } else {
+        ApiError::invalid(format!(
+            "the request body could not be read: {}",
+            rejection.body_text()
+        ))
+    }
 }
 
 /// A JSON body whose rejection is a problem+json 400 naming what was wrong.
@@ -56,6 +117,7 @@ where
                 "invalid-request",
                 "send the body as JSON with `Content-Type: application/json`",
             )),
+            Err(JsonRejection::BytesRejection(rejection)) => Err(body_rejection(&rejection)),
             Err(rejection) => Err(ApiError::invalid(format!(
                 "invalid JSON body: {}",
                 rejection.body_text()

@@ -3,7 +3,6 @@
 //! `feePayerKey`) is sealed at rest and never returned; the response shows its address instead.
 
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::put;
@@ -44,7 +43,7 @@ async fn upsert(
     auth: TenantAuth,
     State(state): State<AppState>,
     Path(method): Path<String>,
-    body: Bytes,
+    super::Body(body): super::Body,
 ) -> ApiResult<(StatusCode, axum::Json<Value>)> {
     known(&method)?;
     let object: Map<String, Value> = match serde_json::from_slice(&body) {

@@ -72,7 +72,7 @@ struct NewKey {
 async fn create_key(
     auth: TenantAuth,
     State(state): State<AppState>,
-    body: axum::body::Bytes,
+    super::Body(body): super::Body,
 ) -> ApiResult<(StatusCode, axum::Json<Value>)> {
     let input: NewKey = super::optional_json(&body)?;
     let name = input.name.unwrap_or_else(|| "unnamed".to_owned());

@@ -4,7 +4,6 @@
 
 use alloy::signers::local::PrivateKeySigner;
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::put;
@@ -70,7 +69,7 @@ async fn upsert(
     auth: TenantAuth,
     State(state): State<AppState>,
     Path(method): Path<String>,
-    body: Bytes,
+    super::Body(body): super::Body,
 ) -> ApiResult<(StatusCode, axum::Json<Value>)> {
     known(&method)?;
     let mut object: Map<String, Value> = match serde_json::from_slice(&body) {

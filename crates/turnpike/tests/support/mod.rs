@@ -369,12 +369,24 @@ impl Server {
 
     /// A server started with `options`.
     pub async fn start_with(db: &TestDb, options: Options) -> Self {
+        Self::start_with_args(db, options, &[]).await
+    }
+
+    /// Another replica of `self` on the same database: the same public URL (as behind one
+    /// load balancer), its own process and port.
+    pub async fn start_replica(&self, db: &TestDb, options: Options) -> Self {
+        Self::start_with_args(db, options, &["--public-url", &self.url]).await
+    }
+
+    /// A server started with `options` and `extra` arguments to `turnpike serve`.
+    pub async fn start_with_args(db: &TestDb, options: Options, extra: &[&str]) -> Self {
         install_crypto_provider();
         let db_args = db_args(db);
         let mut cmd = turnpike_command();
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--platform-fee-bps"])
             .arg(options.fee_bps.to_string())
             .args(options.limits.args())
+            .args(extra)
             .args(&db_args)
             .env("RUST_LOG", "warn,turnpike=info,turnpike_server=info")
             .stdin(Stdio::null())
