@@ -43,9 +43,9 @@ pub const LIMITER_KEYS_MAX: usize = 100_000;
 /// Default authentication failures allowed per client address and minute (also the burst).
 pub const AUTH_FAILURES_PER_MIN_DEFAULT: u32 = 30;
 /// Default challenge issuances per second, per client address and per API key.
-pub const CHALLENGES_PER_S_DEFAULT: u32 = 100;
+pub const CHALLENGES_PER_S_DEFAULT: u32 = 1_000;
 /// Default verifications per second, per client address and per API key.
-pub const VERIFICATIONS_PER_S_DEFAULT: u32 = 100;
+pub const VERIFICATIONS_PER_S_DEFAULT: u32 = 1_000;
 /// Default burst of a per-second limit, in seconds' worth of its rate.
 pub const BURST_S_DEFAULT: u32 = 2;
 /// The problem code of a refusal.

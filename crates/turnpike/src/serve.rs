@@ -73,13 +73,13 @@ pub struct LimitArgs {
     #[arg(long, env = "TURNPIKE_RATE_LIMIT_AUTH_FAILURES", default_value_t = 30)]
     pub rate_limit_auth_failures: u32,
     /// Challenge issuances per second, per client address and per API key (0: no limit).
-    #[arg(long, env = "TURNPIKE_RATE_LIMIT_CHALLENGES", default_value_t = 100)]
+    #[arg(long, env = "TURNPIKE_RATE_LIMIT_CHALLENGES", default_value_t = turnpike_server::limits::CHALLENGES_PER_S_DEFAULT)]
     pub rate_limit_challenges: u32,
     /// Challenge issuances allowed at once [default: twice the rate].
     #[arg(long, env = "TURNPIKE_RATE_LIMIT_CHALLENGES_BURST")]
     pub rate_limit_challenges_burst: Option<u32>,
     /// Verifications per second, per client address and per API key (0: no limit).
-    #[arg(long, env = "TURNPIKE_RATE_LIMIT_VERIFICATIONS", default_value_t = 100)]
+    #[arg(long, env = "TURNPIKE_RATE_LIMIT_VERIFICATIONS", default_value_t = turnpike_server::limits::VERIFICATIONS_PER_S_DEFAULT)]
     pub rate_limit_verifications: u32,
     /// Verifications allowed at once [default: twice the rate].
     #[arg(long, env = "TURNPIKE_RATE_LIMIT_VERIFICATIONS_BURST")]
