@@ -71,6 +71,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         "ledger write path",
         include_str!("../../../migrations/sqlite/0011_ledger_write_path.sql"),
     ),
+    (
+        12,
+        "unique realms",
+        include_str!("../../../migrations/sqlite/0012_unique_realms.sql"),
+    ),
 ];
 
 /// (version, description, SQL) of every PostgreSQL migration, in order.
@@ -129,6 +134,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         11,
         "ledger write path",
         include_str!("../../../migrations/postgres/0011_ledger_write_path.sql"),
+    ),
+    (
+        12,
+        "unique realms",
+        include_str!("../../../migrations/postgres/0012_unique_realms.sql"),
     ),
 ];
 
