@@ -21,6 +21,7 @@ pub mod binding;
 pub mod challenge;
 pub mod charge;
 pub mod credential;
+pub mod currency;
 pub mod digest;
 pub mod jcs;
 pub mod limits;

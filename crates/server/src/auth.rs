@@ -92,6 +92,53 @@ async fn admin(parts: &Parts, expected: &str) -> Result<Admin, ApiError> {
     }
 }
 
+/// A reader of `/metrics` (which name tenants and wallet addresses), authenticated by
+/// `TURNPIKE_METRICS_TOKEN` or the admin token. With neither configured, `/metrics` is off:
+/// `404 metrics-disabled`.
+#[derive(Debug)]
+pub struct MetricsReader;
+
+impl FromRequestParts<AppState> for MetricsReader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let config = &state.config;
+        let accepted: Vec<&str> = [
+            config.metrics_token.as_deref(),
+            config.admin_token.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if accepted.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "metrics-disabled",
+                "metrics are disabled: start the server with TURNPIKE_METRICS_TOKEN or \
+                 TURNPIKE_ADMIN_TOKEN set",
+            ));
+        }
+        limited(parts, state, metrics_reader(parts, &accepted)).await
+    }
+}
+
+async fn metrics_reader(parts: &Parts, accepted: &[&str]) -> Result<MetricsReader, ApiError> {
+    let token = ids::hash_secret(bearer(parts)?);
+    // Every accepted token is compared (constant time each), whichever matches.
+    let ok = accepted.iter().fold(false, |ok, expected| {
+        let hit: bool = token
+            .as_bytes()
+            .ct_eq(ids::hash_secret(expected).as_bytes())
+            .into();
+        ok | hit
+    });
+    if ok {
+        Ok(MetricsReader)
+    } else {
+        Err(ApiError::unauthorized("invalid metrics token"))
+    }
+}
+
 /// A tenant, authenticated by one of its secret API keys.
 #[derive(Debug, Clone)]
 pub struct TenantAuth {

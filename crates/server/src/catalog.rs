@@ -168,9 +168,7 @@ impl PriceDefinition {
             }
         }
         if !is_currency_code(&self.currency) {
-            return Err(ApiError::invalid(
-                "`currency` must be a lowercase currency code, e.g. \"usd\"",
-            ));
+            return Err(unsupported_currency("currency"));
         }
         if self.methods.is_empty() {
             return Err(ApiError::invalid(
@@ -229,9 +227,19 @@ impl PriceDefinition {
     }
 }
 
-/// A currency as Turnpike takes it: a valid ledger currency, lowercase (`usd`).
+/// A currency as Turnpike takes it: one of the registry's ([`turnpike_protocol::currency`]).
 pub fn is_currency_code(currency: &str) -> bool {
-    is_valid_currency(currency) && !currency.bytes().any(|b| b.is_ascii_uppercase())
+    turnpike_protocol::currency::is_supported_currency(currency) && is_valid_currency(currency)
+}
+
+/// The `400` for a `field` that names no supported currency.
+pub fn unsupported_currency(field: &str) -> ApiError {
+    ApiError::invalid(format!(
+        "`{field}` must be a currency Turnpike supports, lowercase: an ISO 4217 code or a \
+         stablecoin the rails settle, e.g. {}",
+        turnpike_protocol::currency::CURRENCY_EXAMPLES
+    ))
+    .with("field", field.into())
 }
 
 fn validate_route(route: &Route) -> Result<(), ApiError> {

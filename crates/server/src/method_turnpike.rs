@@ -333,7 +333,9 @@ mod tests {
             platform_fee_bps: 250,
             upstream_timeout: Duration::from_secs(5),
             test_clock: false,
-            secrets_key: None,
+            secrets_key: Some(crate::secrets::SecretsKey::parse(&"ab".repeat(32)).unwrap()),
+            allow_unsealed_signing_keys: false,
+            metrics_token: None,
             outbound: Default::default(),
             connections: crate::connections::ConnectionLimits::defaults(Duration::from_secs(5)),
             rate_limits: crate::limits::RateLimits::unlimited(),
@@ -347,7 +349,10 @@ mod tests {
             slug: slug.into(),
             realm: None,
         };
-        create_tenant(state, input).await.unwrap().0
+        create_tenant(&state.store, state.now_ms(), input)
+            .await
+            .unwrap()
+            .0
     }
 
     /// Fund `payer` and reserve `amount` of it for `merchant`, as `/v1/agent/pay` does.

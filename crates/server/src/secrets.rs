@@ -1,4 +1,4 @@
-//! Secrets at rest (a rail's hot wallet key): sealed with XChaCha20-Poly1305 under a 32-byte key
+//! Secrets at rest (a rail's hot wallet key, the platform's signing keys): sealed with XChaCha20-Poly1305 under a 32-byte key
 //! from `TURNPIKE_SECRETS_KEY`, bound to the row they belong to (tenant and method as associated
 //! data), so a sealed value copied to another row does not open. The key and the plaintexts
 //! never reach a log: [`SecretsKey`]'s `Debug` shows nothing.
@@ -54,6 +54,13 @@ impl SecretsKey {
         Ok(Self(key))
     }
 
+    /// A fresh random key (for a server whose data lives only as long as it runs: the demo).
+    pub fn generate() -> Result<Self, SecretsError> {
+        let mut key = [0u8; 32];
+        getrandom::getrandom(&mut key).map_err(|_| SecretsError::NoRandomness)?;
+        Ok(Self(key))
+    }
+
     /// Seal `plaintext` for the row named by `context`.
     pub fn seal(&self, plaintext: &[u8], context: &str) -> Result<String, SecretsError> {
         let cipher = XChaCha20Poly1305::new((&self.0).into());
@@ -91,6 +98,12 @@ impl SecretsKey {
             )
             .map_err(|_| SecretsError::Unsealable)
     }
+}
+
+/// Whether a stored value is in the sealed form (rows written before sealing was introduced hold
+/// the plaintext: a base64url PKCS#8 key never starts with the sealed form's tag).
+pub fn is_sealed(stored: &str) -> bool {
+    stored.starts_with(SEALED_PREFIX)
 }
 
 fn decode_hex(text: &str) -> Option<Vec<u8>> {

@@ -40,6 +40,13 @@ pub struct Config {
     /// The key that seals rail secrets at rest (`TURNPIKE_SECRETS_KEY`); without it, rail
     /// configurations with secrets are refused.
     pub secrets_key: Option<crate::secrets::SecretsKey>,
+    /// Store the platform's signing keys in clear when there is no `secrets_key`
+    /// (`--allow-unsealed-signing-keys`, for development only). Off, a server without a
+    /// secrets key refuses to start: it cannot keep a signing key sealed.
+    pub allow_unsealed_signing_keys: bool,
+    /// A bearer token that may read `/metrics` besides the admin token
+    /// (`TURNPIKE_METRICS_TOKEN`); with neither, `/metrics` is `404`.
+    pub metrics_token: Option<String>,
     /// Where gateway upstreams and rail RPCs may be: public addresses plus the operator's
     /// `--outbound-allow` ranges.
     pub outbound: turnpike_rails::outbound::OutboundPolicy,
@@ -58,6 +65,11 @@ impl std::fmt::Debug for Config {
             .field("upstream_timeout", &self.upstream_timeout)
             .field("test_clock", &self.test_clock)
             .field("secrets_key", &self.secrets_key.is_some())
+            .field(
+                "allow_unsealed_signing_keys",
+                &self.allow_unsealed_signing_keys,
+            )
+            .field("metrics_token", &self.metrics_token.is_some())
             .field("outbound_allow", &self.outbound.allowed())
             .field("connections", &self.connections)
             .field("rate_limits", &self.rate_limits)
@@ -175,7 +187,7 @@ impl AppState {
         config: Config,
         test_clock: Option<Arc<turnpike_ledger::ManualClock>>,
     ) -> anyhow::Result<Self> {
-        let keys = load_keys(&store, engine.now_ms()).await?;
+        let keys = load_keys(&store, &config, engine.now_ms()).await?;
         let signed_grants = Arc::new(SignedGrants::new());
         let issuer =
             issuer_of(&config, &keys, &signed_grants).map_err(|err| anyhow::anyhow!("{err}"))?;
@@ -217,7 +229,7 @@ impl AppState {
 
     /// Reload the signing keys (another replica may have created one).
     pub async fn reload_keys(&self) -> Result<KeyRing, ApiError> {
-        let keys = load_keys(&self.store, self.engine.now_ms())
+        let keys = load_keys(&self.store, &self.config, self.engine.now_ms())
             .await
             .map_err(|err| {
                 tracing::error!(error = %err, "loading signing keys failed");
@@ -354,26 +366,84 @@ fn issuer_of(
         .map(|issuer| Arc::new(issuer.with_signed(signed.clone())))
 }
 
-async fn load_keys(store: &Store, now_ms: i64) -> anyhow::Result<KeyRing> {
+/// The associated data a signing key is sealed with: its row.
+fn signing_key_context(kid: &str) -> String {
+    format!("signing_keys/{kid}")
+}
+
+/// Why a server cannot keep its signing keys: it has no secrets key and may not store them in
+/// clear.
+const NO_SECRETS_KEY: &str = "TURNPIKE_SECRETS_KEY is not set: the platform's Ed25519 signing \
+    keys are sealed with it at rest. Set it (32 bytes: 64 hex digits), or start with \
+    --allow-unsealed-signing-keys to keep them in clear (development only)";
+
+/// The platform's signing keys, creating the first one (sealed with the secrets key) when there
+/// is none. A key stored in clear (before sealing existed, or by a server started with
+/// `--allow-unsealed-signing-keys`) is sealed in place once a secrets key is configured.
+async fn load_keys(store: &Store, config: &Config, now_ms: i64) -> anyhow::Result<KeyRing> {
+    let sealer = config.secrets_key.as_ref();
+    if sealer.is_none() && !config.allow_unsealed_signing_keys {
+        anyhow::bail!("{NO_SECRETS_KEY}");
+    }
     let mut stored = store.signing_keys().await?;
     if stored.is_empty() {
         let key = SigningKey::generate();
-        let der = URL_SAFE_NO_PAD.encode(key.to_pkcs8_der());
-        store.insert_signing_key(key.kid(), &der, now_ms).await?;
+        let der = key.to_pkcs8_der();
+        let at_rest = match sealer {
+            Some(sealer) => sealer.seal(&der, &signing_key_context(key.kid()))?,
+            None => URL_SAFE_NO_PAD.encode(&der),
+        };
+        store
+            .insert_signing_key(key.kid(), &at_rest, now_ms)
+            .await?;
         stored = store.signing_keys().await?;
     }
     let mut keys = Vec::with_capacity(stored.len());
-    for (kid, der) in stored {
-        let bytes = URL_SAFE_NO_PAD
-            .decode(der.as_bytes())
-            .map_err(|_| anyhow::anyhow!("signing key {kid} is not base64url"))?;
-        let key = SigningKey::from_pkcs8_der(&bytes)
+    for (kid, at_rest) in stored {
+        let der = open_signing_key(store, sealer, &kid, &at_rest).await?;
+        let key = SigningKey::from_pkcs8_der(&der)
             .map_err(|_| anyhow::anyhow!("signing key {kid} is not a PKCS#8 Ed25519 key"))?;
         keys.push(key);
+    }
+    if sealer.is_none() {
+        tracing::warn!(
+            "the platform's signing keys are stored in clear (--allow-unsealed-signing-keys): \
+             set TURNPIKE_SECRETS_KEY to seal them"
+        );
     }
     let mut keys = keys.into_iter();
     let current = keys
         .next()
         .ok_or_else(|| anyhow::anyhow!("no signing key"))?;
     Ok(KeyRing::new(current, keys.collect()))
+}
+
+/// A stored signing key's PKCS#8 DER: opened when sealed; decoded (and sealed in place, when a
+/// secrets key is configured) when in clear.
+async fn open_signing_key(
+    store: &Store,
+    sealer: Option<&crate::secrets::SecretsKey>,
+    kid: &str,
+    at_rest: &str,
+) -> anyhow::Result<Vec<u8>> {
+    let context = signing_key_context(kid);
+    if crate::secrets::is_sealed(at_rest) {
+        let sealer = sealer.ok_or_else(|| {
+            anyhow::anyhow!("signing key {kid} is sealed and TURNPIKE_SECRETS_KEY is not set")
+        })?;
+        return sealer
+            .open(at_rest, &context)
+            .map_err(|err| anyhow::anyhow!("signing key {kid}: {err}"));
+    }
+    let der = URL_SAFE_NO_PAD
+        .decode(at_rest.as_bytes())
+        .map_err(|_| anyhow::anyhow!("signing key {kid} is not base64url"))?;
+    if let Some(sealer) = sealer {
+        let sealed = sealer.seal(&der, &context)?;
+        // Compare-and-set: a replica that sealed it first wins, both seals open.
+        if store.reseal_signing_key(kid, at_rest, &sealed).await? {
+            tracing::info!(kid, "sealed a signing key stored in clear");
+        }
+    }
+    Ok(der)
 }

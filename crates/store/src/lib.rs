@@ -62,8 +62,8 @@ pub use error::StoreError;
 pub use guard::{GuardRefusal, LedgerGuard, RefundDueGuard, RefundGuard, SettleGuard, StoreEngine};
 pub use history::{Cursor, HISTORY_PAGE_LIMIT_MAX, Page};
 pub use merchant::{
-    ApiKeyRow, BindingSecretRow, Idempotency, LIST_LIMIT_MAX, PaymentRow, PriceRow, TenantConflict,
-    TenantRow,
+    ApiKeyRow, BindingSecretRow, Idempotency, LIST_LIMIT_MAX, PaymentRow, PriceRow, Revocation,
+    TenantConflict, TenantRow,
 };
 pub use rails::{Owed, PaymentRefund, RailConfigRow, UnsettledPayment};
 pub use spend_guard::{SpendDenial, SpendGuard, lineage_within};

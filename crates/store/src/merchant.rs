@@ -128,11 +128,42 @@ pub enum Idempotency {
     Done(String),
 }
 
+/// What revoking an API key did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revocation {
+    /// The key is revoked (now or before): its row.
+    Revoked(ApiKeyRow),
+    /// The tenant has no such key.
+    NotFound,
+    /// It is the tenant's last unrevoked key: nothing changed.
+    LastKey,
+}
+
 /// Why a tenant could not be created.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TenantConflict {
     /// The slug is taken.
     Slug,
+    /// The realm is another tenant's (realms are unique: migration 0012).
+    Realm,
+}
+
+/// Which of the tenant's unique columns a unique violation met, if it was one of them:
+/// PostgreSQL names the index (`tenants_slug_key`, `tenants_realm_key`), SQLite the column in
+/// its message (`UNIQUE constraint failed: tenants.realm`).
+fn tenant_conflict(err: &sqlx::Error) -> Option<TenantConflict> {
+    let db = err.as_database_error()?;
+    if !db.is_unique_violation() {
+        return None;
+    }
+    let name = db.constraint().unwrap_or_else(|| db.message());
+    if name.contains("tenants_realm_key") || name.contains("tenants.realm") {
+        Some(TenantConflict::Realm)
+    } else if name.contains("tenants_slug_key") || name.contains("tenants.slug") {
+        Some(TenantConflict::Slug)
+    } else {
+        None
+    }
 }
 
 fn is_unique_violation(err: &sqlx::Error) -> bool {
@@ -264,8 +295,10 @@ impl Store {
         }.await);
         match result {
             Ok(()) => Ok(Ok(())),
-            Err(err) if is_unique_violation(&err) => Ok(Err(TenantConflict::Slug)),
-            Err(err) => Err(err.into()),
+            Err(err) => match tenant_conflict(&err) {
+                Some(conflict) => Ok(Err(conflict)),
+                None => Err(err.into()),
+            },
         }
     }
 
@@ -337,21 +370,43 @@ impl Store {
         Ok(rows.into_iter().map(api_key).collect())
     }
 
-    /// Revoke a tenant's key (idempotent); `None` when the tenant has no such key.
+    /// Revoke a tenant's key (idempotent), unless it is the tenant's last unrevoked key: a
+    /// tenant cannot lock itself out. One transaction that first locks the tenant's row, so
+    /// concurrent revocations of a tenant's keys (on any number of replicas) run one after
+    /// another and never leave it without a key.
     pub async fn revoke_api_key(
         &self,
         tenant_id: &str,
         id: &str,
         now_ms: i64,
-    ) -> Result<Option<ApiKeyRow>, StoreError> {
-        on_pool!(self, pool => { sqlx::query(
-            "UPDATE api_keys SET revoked_at = $3 WHERE tenant_id = $1 AND id = $2 AND revoked_at IS NULL")
-            .bind(tenant_id).bind(id).bind(now_ms).execute(pool).await?; });
+    ) -> Result<Revocation, StoreError> {
         let sql =
             format!("SELECT {API_KEY_COLUMNS} FROM api_keys WHERE tenant_id = $1 AND id = $2");
-        let row: Option<ApiKeyTuple> = on_pool!(self, pool =>
-            sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).bind(tenant_id).bind(id).fetch_optional(pool).await?);
-        Ok(row.map(api_key))
+        let outcome: Revocation = on_pool!(self, pool => async {
+            let mut tx = pool.begin().await?;
+            // The lock: PostgreSQL's row lock, SQLite's write lock (the first statement writes).
+            sqlx::query("UPDATE tenants SET created_at = created_at WHERE id = $1")
+                .bind(tenant_id).execute(&mut *tx).await?;
+            let key: Option<ApiKeyTuple> = sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(tenant_id).bind(id).fetch_optional(&mut *tx).await?;
+            let Some(key) = key else {
+                return Ok::<Revocation, sqlx::Error>(Revocation::NotFound);
+            };
+            if key.6.is_some() {
+                return Ok(Revocation::Revoked(api_key(key)));
+            }
+            let (others,): (i64,) = sqlx::query_as(
+                "SELECT COUNT(*) FROM api_keys WHERE tenant_id = $1 AND id <> $2 AND revoked_at IS NULL")
+                .bind(tenant_id).bind(id).fetch_one(&mut *tx).await?;
+            if others == 0 {
+                return Ok(Revocation::LastKey);
+            }
+            sqlx::query("UPDATE api_keys SET revoked_at = $3 WHERE tenant_id = $1 AND id = $2 AND revoked_at IS NULL")
+                .bind(tenant_id).bind(id).bind(now_ms).execute(&mut *tx).await?;
+            tx.commit().await?;
+            Ok(Revocation::Revoked(ApiKeyRow { revoked_at: Some(now_ms), ..api_key(key) }))
+        }.await)?;
+        Ok(outcome)
     }
 
     /// A tenant's newest binding secrets, newest first (at most `limit`).
@@ -390,7 +445,8 @@ impl Store {
         }
     }
 
-    /// The platform's signing keys (kid, PKCS#8 base64url), unretired, newest first.
+    /// The platform's signing keys (kid, stored form: the PKCS#8 DER sealed by the server, or in
+    /// clear as base64url), unretired, newest first.
     pub async fn signing_keys(&self) -> Result<Vec<(String, String)>, StoreError> {
         Ok(on_pool!(self, pool => sqlx::query_as(
             "SELECT kid, pkcs8 FROM signing_keys WHERE retired_at IS NULL ORDER BY created_at DESC, kid")
@@ -412,6 +468,20 @@ impl Store {
             Err(err) if is_unique_violation(&err) => Ok(()),
             Err(err) => Err(err.into()),
         }
+    }
+
+    /// Replace a signing key's stored form `from` by `to` (sealing a key kept in clear); `false`
+    /// when it no longer reads `from` (another replica sealed it first).
+    pub async fn reseal_signing_key(
+        &self,
+        kid: &str,
+        from: &str,
+        to: &str,
+    ) -> Result<bool, StoreError> {
+        let done = on_pool!(self, pool => sqlx::query(
+            "UPDATE signing_keys SET pkcs8 = $3 WHERE kid = $1 AND pkcs8 = $2")
+            .bind(kid).bind(from).bind(to).execute(pool).await?.rows_affected());
+        Ok(done == 1)
     }
 
     // ---- prices -------------------------------------------------------------------------

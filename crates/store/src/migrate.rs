@@ -72,6 +72,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         include_str!("../../../migrations/sqlite/0011_ledger_write_path.sql"),
     ),
     (
+        12,
+        "unique realms",
+        include_str!("../../../migrations/sqlite/0012_unique_realms.sql"),
+    ),
+    (
         13,
         "gateway deliveries",
         include_str!("../../../migrations/sqlite/0013_gateway_deliveries.sql"),
@@ -134,6 +139,11 @@ const POSTGRES: &[(i64, &str, &str)] = &[
         11,
         "ledger write path",
         include_str!("../../../migrations/postgres/0011_ledger_write_path.sql"),
+    ),
+    (
+        12,
+        "unique realms",
+        include_str!("../../../migrations/postgres/0012_unique_realms.sql"),
     ),
     (
         13,

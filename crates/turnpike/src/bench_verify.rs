@@ -138,6 +138,13 @@ impl Drop for Server {
     }
 }
 
+/// 32 random bytes as hex (a `TURNPIKE_SECRETS_KEY`).
+fn random_hex_32() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 32];
+    getrandom::getrandom(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// Start `turnpike serve` with a platform fee of `fee_bps` on the chosen database, with `envs`
 /// set.
 pub(crate) fn start_server(
@@ -170,6 +177,8 @@ pub(crate) fn start_server(
         .arg("--data-dir")
         .arg(&dir.path)
         .env("TURNPIKE_ADMIN_TOKEN", admin_token)
+        // The signing keys are sealed: a key of this run's own (`envs` may name another).
+        .env(turnpike_server::secrets::SECRETS_KEY_ENV, random_hex_32()?)
         .env("RUST_LOG", "warn")
         .env_remove("DATABASE_URL")
         .envs(envs.iter().copied())

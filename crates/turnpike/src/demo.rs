@@ -98,7 +98,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         platform_fee_bps: PLATFORM_FEE_BPS,
         upstream_timeout: Duration::from_secs(30),
         test_clock: false,
-        secrets_key: crate::serve::secrets_key_from_env()?,
+        // The demo database is wiped at each start: a key of this run's own will do.
+        secrets_key: Some(match crate::serve::secrets_key_from_env()? {
+            Some(key) => key,
+            None => turnpike_server::secrets::SecretsKey::generate()?,
+        }),
+        allow_unsealed_signing_keys: false,
+        metrics_token: None,
         outbound: OutboundPolicy::parse(OUTBOUND_ALLOW).map_err(|err| anyhow!(err))?,
         connections: ConnectionLimits::defaults(Duration::from_secs(30)),
         rate_limits: RateLimits::default(),

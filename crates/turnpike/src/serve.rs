@@ -42,6 +42,14 @@ pub struct ServeArgs {
     pub outbound_allow: Vec<String>,
     #[command(flatten)]
     pub limits: LimitArgs,
+    /// A bearer token that may read `/metrics` (the admin token may too); with neither set,
+    /// `/metrics` is `404`. At least 16 characters.
+    #[arg(long, env = "TURNPIKE_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+    /// Keep the platform's signing keys in clear when TURNPIKE_SECRETS_KEY is not set
+    /// (development only; without this switch such a server refuses to start).
+    #[arg(long, env = "TURNPIKE_ALLOW_UNSEALED_SIGNING_KEYS")]
+    pub allow_unsealed_signing_keys: bool,
     /// For tests only: the clock stands still and moves only by `POST /v1/admin/clock`
     /// (needs TURNPIKE_ADMIN_TOKEN).
     #[arg(long, hide = true)]
@@ -162,6 +170,14 @@ impl ServeArgs {
         {
             anyhow::bail!("TURNPIKE_ADMIN_TOKEN must be at least {ADMIN_TOKEN_LEN_MIN} characters");
         }
+        let metrics_token = self.metrics_token.clone().filter(|t| !t.is_empty());
+        if let Some(token) = &metrics_token
+            && token.len() < ADMIN_TOKEN_LEN_MIN
+        {
+            anyhow::bail!(
+                "--metrics-token (TURNPIKE_METRICS_TOKEN) must be at least {ADMIN_TOKEN_LEN_MIN} characters"
+            );
+        }
         if self.platform_fee_bps > turnpike_server::state::PLATFORM_FEE_BPS_MAX {
             anyhow::bail!("--platform-fee-bps must be at most 10000 (100%)");
         }
@@ -190,6 +206,8 @@ impl ServeArgs {
             upstream_timeout,
             test_clock: self.test_clock,
             secrets_key: secrets_key_from_env()?,
+            allow_unsealed_signing_keys: self.allow_unsealed_signing_keys,
+            metrics_token,
             outbound,
             connections: self.limits.connections(upstream_timeout)?,
             rate_limits: self.limits.rate_limits(),
@@ -197,8 +215,9 @@ impl ServeArgs {
     }
 }
 
-/// The key that seals rail secrets, from `TURNPIKE_SECRETS_KEY` (absent: rails with secrets
-/// are refused with a clear error).
+/// The key that seals rail secrets and signing keys, from `TURNPIKE_SECRETS_KEY` (absent: rails
+/// with secrets are refused with a clear error, and the server starts only with
+/// `--allow-unsealed-signing-keys`).
 pub fn secrets_key_from_env() -> anyhow::Result<Option<turnpike_server::secrets::SecretsKey>> {
     use turnpike_server::secrets::{SECRETS_KEY_ENV, SecretsKey};
     match std::env::var(SECRETS_KEY_ENV) {
@@ -276,36 +295,27 @@ pub struct TenantCreateArgs {
     pub realm: Option<String>,
     #[command(flatten)]
     pub db: DbArgs,
-    /// The server's public URL (issuer of its tokens).
+    /// Accepted for compatibility and unused: creating a tenant signs nothing.
     #[arg(
         long,
         env = "TURNPIKE_PUBLIC_URL",
-        default_value = "http://127.0.0.1:8402"
+        default_value = "http://127.0.0.1:8402",
+        hide = true
     )]
     pub public_url: String,
 }
 
-/// `turnpike admin tenant create`: prints the tenant and its API key as JSON.
+/// `turnpike admin tenant create`: prints the tenant and its API key as JSON. Only the database
+/// is opened (and migrated): no ledger engine, no signing key.
 pub async fn tenant_create(args: TenantCreateArgs) -> anyhow::Result<()> {
     let store = args.db.open(true).await?;
-    let config = Config {
-        public_url: args.public_url.trim_end_matches('/').to_owned(),
-        admin_token: None,
-        platform_fee_bps: 0,
-        upstream_timeout: Duration::from_secs(30),
-        test_clock: false,
-        secrets_key: None,
-        outbound: OutboundPolicy::default(),
-        connections: ConnectionLimits::defaults(Duration::from_secs(30)),
-        rate_limits: RateLimits::default(),
-    };
-    let state = turnpike_server::start(store, config).await?;
     let input = NewTenant {
         name: args.name,
         slug: args.slug,
         realm: args.realm,
     };
-    let (tenant, key, secret) = create_tenant(&state, input)
+    let now_ms = turnpike_ledger::Clock::now_ms(&turnpike_ledger::SystemClock);
+    let (tenant, key, secret) = create_tenant(&store, now_ms, input)
         .await
         .map_err(|err| anyhow::anyhow!("{}", err.detail))?;
     let out = serde_json::json!({

@@ -59,6 +59,7 @@ fn turnpike_command() -> tokio::process::Command {
         "DATABASE_URL",
         "TURNPIKE_DATA_DIR",
         "TURNPIKE_ADMIN_TOKEN",
+        "TURNPIKE_SECRETS_KEY",
         "TURNPIKE_AGENT_TOKEN",
         "TURNPIKE_API",
         "TURNPIKE_LISTEN",
@@ -117,6 +118,7 @@ impl Server {
             .args(["--outbound-allow", "127.0.0.0/8,::1/128"])
             .args(db_args(db))
             .env("TURNPIKE_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("TURNPIKE_SECRETS_KEY", "c1".repeat(32))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -273,15 +273,7 @@ async fn deposits_are_credited_once_after_their_confirmations_and_pay_a_merchant
     assert_eq!(decision["decision"], "paid", "{decision}");
     assert_eq!(usdc(&server, &org).await, 1_250_000);
 
-    let metrics = server
-        .http
-        .get(format!("{}/metrics", server.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     assert!(
         metrics.contains(&format!(
             "turnpike_deposits_next_block{{chain_id=\"{}\"}}",

@@ -863,16 +863,7 @@ async fn rail_configuration_keeps_its_secret_and_validates_input(db: &TestDb) {
         )
         .await;
     reply.expect_problem(503, &format!("{TP_PROBLEMS}unavailable"));
-    let metrics = w
-        .server
-        .http
-        .get(format!("{}/metrics", w.server.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = w.server.metrics().await;
     assert!(
         metrics.contains("turnpike_evm_hot_wallet_low{") && metrics.contains("} 1"),
         "{metrics}"

@@ -28,6 +28,7 @@ const STRICT: Options = Options {
     fee_bps: support::FEE_BPS,
     test_clock: false,
     secrets_key: true,
+    metrics_token: None,
     outbound_allow: false,
     limits: support::Limits::GENEROUS,
 };

@@ -857,16 +857,7 @@ async fn tempo_rail_configuration_keeps_its_secret_and_validates_input(db: &Test
         )
         .await
         .expect_problem(503, &format!("{TP_PROBLEMS}unavailable"));
-    let metrics = w
-        .server
-        .http
-        .get(format!("{}/metrics", w.server.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = w.server.metrics().await;
     let alert = metrics
         .lines()
         .find(|l| l.starts_with("turnpike_tempo_fee_payer_low{"))

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use turnpike_ledger::{AccountKind, TransferId, TransferRequest};
 use turnpike_protocol::charge::parse_amount_minor;
-use turnpike_store::{ApiKeyRow, BindingSecretRow, TenantConflict, TenantRow};
+use turnpike_store::{ApiKeyRow, BindingSecretRow, Store, TenantConflict, TenantRow};
 
 use super::{Json, rfc3339};
 use crate::auth::Admin;
@@ -60,9 +60,37 @@ pub fn tenant_json(t: &TenantRow) -> Value {
     json!({"id": t.id, "name": t.name, "slug": t.slug, "realm": t.realm, "createdAt": rfc3339(t.created_at)})
 }
 
-/// Create a tenant with its first API key; returns the tenant and the key's secret.
+/// Longest realm, in bytes.
+pub const REALM_LEN_MAX: usize = 200;
+/// The prefix of tenant ids, which no realm may start with: a policy's merchant lists hold realms
+/// and tenant ids side by side, so a realm `ten_...` could pass for another tenant.
+const TENANT_ID_PREFIX: &str = "ten_";
+
+fn validate_realm(realm: &str) -> ApiResult<()> {
+    if realm.is_empty()
+        || realm.len() > REALM_LEN_MAX
+        || !realm.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(ApiError::invalid(format!(
+            "`realm` must be 1 to {REALM_LEN_MAX} printable ASCII characters without spaces"
+        ))
+        .with("field", "realm".into()));
+    }
+    if realm.starts_with(TENANT_ID_PREFIX) {
+        return Err(ApiError::invalid(format!(
+            "`realm` must not start with `{TENANT_ID_PREFIX}` (tenant ids do)"
+        ))
+        .with("field", "realm".into()));
+    }
+    Ok(())
+}
+
+/// Create a tenant with its first API key; returns the tenant and the key's secret. Slugs and
+/// realms are unique: a taken slug is `409 conflict`, a realm another tenant has (the default,
+/// the slug, included) `409 realm-taken`.
 pub async fn create_tenant(
-    state: &AppState,
+    store: &Store,
+    now_ms: i64,
     input: NewTenant,
 ) -> ApiResult<(TenantRow, ApiKeyRow, String)> {
     let name = input.name.trim();
@@ -84,12 +112,7 @@ pub async fn create_tenant(
         ));
     }
     let realm = input.realm.unwrap_or_else(|| input.slug.clone());
-    if realm.is_empty() || realm.len() > 200 || !realm.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(ApiError::invalid(
-            "`realm` must be 1 to 200 printable ASCII characters without spaces",
-        ));
-    }
-    let now_ms = state.now_ms();
+    validate_realm(&realm)?;
     let tenant = TenantRow {
         id: ids::new_id("ten"),
         name: name.to_owned(),
@@ -112,12 +135,21 @@ pub async fn create_tenant(
         secret: ids::new_binding_secret(),
         created_at: now_ms,
     };
-    match state.store.create_tenant(&tenant, &key, &binding).await? {
+    match store.create_tenant(&tenant, &key, &binding).await? {
         Ok(()) => Ok((tenant, key, secret)),
         Err(TenantConflict::Slug) => Err(ApiError::conflict(format!(
             "slug `{}` is already taken",
             tenant.slug
         ))),
+        Err(TenantConflict::Realm) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "realm-taken",
+            format!(
+                "realm `{}` is another tenant's; choose another `realm`",
+                tenant.realm
+            ),
+        )
+        .with("field", "realm".into())),
     }
 }
 
@@ -126,7 +158,7 @@ async fn create(
     State(state): State<AppState>,
     Json(input): Json<NewTenant>,
 ) -> ApiResult<(StatusCode, axum::Json<Value>)> {
-    let (tenant, key, secret) = create_tenant(&state, input).await?;
+    let (tenant, key, secret) = create_tenant(&state.store, state.now_ms(), input).await?;
     Ok((
         StatusCode::CREATED,
         axum::Json(json!({
@@ -161,9 +193,7 @@ async fn credit(
             ApiError::invalid("`amount` must be a string of minor units greater than zero")
         })?;
     if !crate::catalog::is_currency_code(&input.currency) {
-        return Err(ApiError::invalid(
-            "`currency` must be a lowercase currency code, e.g. \"usd\"",
-        ));
+        return Err(crate::catalog::unsupported_currency("currency"));
     }
     let transfer_id = match headers.get("idempotency-key").map(|v| v.to_str()) {
         Some(Ok(key)) if !key.is_empty() && key.len() <= 255 => {

@@ -7,6 +7,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
+use crate::auth::MetricsReader;
 use crate::state::AppState;
 
 /// `/healthz`, `/readyz`, `/metrics`, `/.well-known/jwks.json`.
@@ -19,8 +20,9 @@ pub fn router() -> Router<AppState> {
 }
 
 /// Prometheus text format: the evm hot wallets' gas (the low-gas alert) and the deposit
-/// watcher's progress.
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+/// watcher's progress. They name tenants and wallet addresses: only for the metrics or admin
+/// token ([`MetricsReader`]).
+async fn metrics(_: MetricsReader, State(state): State<AppState>) -> impl IntoResponse {
     (
         [(
             axum::http::header::CONTENT_TYPE,

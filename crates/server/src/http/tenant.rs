@@ -7,7 +7,7 @@ use axum::routing::{delete, get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use turnpike_ledger::Account;
-use turnpike_store::{ApiKeyRow, BindingSecretRow};
+use turnpike_store::{ApiKeyRow, BindingSecretRow, Revocation};
 
 use super::rfc3339;
 use crate::auth::TenantAuth;
@@ -112,11 +112,21 @@ async fn revoke_key(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<axum::Json<Value>> {
-    let key = state
+    let key = match state
         .store
         .revoke_api_key(&auth.tenant.id, &id, state.now_ms())
         .await?
-        .ok_or_else(|| ApiError::not_found("API key"))?;
+    {
+        Revocation::Revoked(key) => key,
+        Revocation::NotFound => return Err(ApiError::not_found("API key")),
+        Revocation::LastKey => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "last-api-key",
+                "this is the tenant's last unrevoked API key: create another before revoking it",
+            ));
+        }
+    };
     state.caches.api_keys.remove_where(|(_, id)| *id == key.id);
     Ok(axum::Json(key_json(&key)))
 }

@@ -57,6 +57,9 @@ fn turnpike_command() -> Command {
         "DATABASE_URL",
         "TURNPIKE_DATA_DIR",
         "TURNPIKE_ADMIN_TOKEN",
+        "TURNPIKE_SECRETS_KEY",
+        "TURNPIKE_METRICS_TOKEN",
+        "TURNPIKE_ALLOW_UNSEALED_SIGNING_KEYS",
         "TURNPIKE_LISTEN",
         "TURNPIKE_PUBLIC_URL",
         "TURNPIKE_PLATFORM_FEE_BPS",
@@ -115,8 +118,10 @@ pub struct Options {
     /// [`Server::advance_clock`] (needs `admin`).
     pub test_clock: bool,
     /// Set TURNPIKE_SECRETS_KEY to [`SECRETS_KEY`] (off: the server cannot keep rail, wallet or
-    /// deposit keys).
+    /// deposit keys, and is started with `--allow-unsealed-signing-keys`).
     pub secrets_key: bool,
+    /// Set TURNPIKE_METRICS_TOKEN.
+    pub metrics_token: Option<&'static str>,
     /// `--outbound-allow` [`OUTBOUND_ALLOW`]: upstreams and RPCs on this machine may be used
     /// (off: only public addresses, as a server started without the switch).
     pub outbound_allow: bool,
@@ -135,6 +140,7 @@ impl Default for Options {
             fee_bps: FEE_BPS,
             test_clock: false,
             secrets_key: true,
+            metrics_token: None,
             outbound_allow: true,
             limits: Limits::GENEROUS,
         }
@@ -398,7 +404,10 @@ impl Server {
         if options.secrets_key {
             cmd.env("TURNPIKE_SECRETS_KEY", SECRETS_KEY);
         } else {
-            cmd.env_remove("TURNPIKE_SECRETS_KEY");
+            cmd.arg("--allow-unsealed-signing-keys");
+        }
+        if let Some(token) = options.metrics_token {
+            cmd.env("TURNPIKE_METRICS_TOKEN", token);
         }
         if options.test_clock {
             cmd.arg("--test-clock");
@@ -561,6 +570,14 @@ impl Server {
     pub fn gateway(&self, method: Method, slug: &str, path: &str) -> reqwest::RequestBuilder {
         self.http
             .request(method, format!("{}/gw/{slug}{path}", self.url))
+    }
+
+    /// `GET /metrics` with the admin token: the Prometheus text (must be 200).
+    pub async fn metrics(&self) -> String {
+        self.get("/metrics", ADMIN_TOKEN)
+            .await
+            .expect_status(200)
+            .text()
     }
 
     /// Set a `--test-clock` server's time (unix ms; never backwards).
