@@ -142,11 +142,21 @@ impl PriceInput {
     }
 }
 
+/// The largest amount Turnpike accepts for a price or a credit, in minor units: far above any
+/// real one, and far enough below `u128::MAX` (about 3.4 * 10^38) that fee arithmetic is exact
+/// and no account's totals can overflow before hundreds of millions of such payments.
+pub const AMOUNT_MINOR_MAX: u128 = 1_000_000_000_000_000_000_000_000_000_000;
+
 impl PriceDefinition {
     /// Check every field; the error names the field.
     pub fn validate(&self) -> Result<(), ApiError> {
         validate_route(&self.route)?;
         match parse_amount_minor(&self.amount) {
+            Some(amount) if amount > AMOUNT_MINOR_MAX => {
+                return Err(ApiError::invalid(
+                    "`amount` may be at most 10^30 minor units (1 followed by 30 zeros)",
+                ));
+            }
             Some(amount) if amount > 0 => {}
             Some(0)
                 if !self.methods.is_empty()

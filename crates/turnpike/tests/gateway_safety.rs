@@ -25,6 +25,7 @@ on_both_databases!(
     encoded_segments_reach_the_upstream_as_one_segment_under_its_base,
     verify_refuses_a_path_with_dot_segments,
     ledger_check_ties_every_payment_to_its_transfers,
+    amounts_beyond_the_bound_are_refused,
 );
 
 const CREDIT: u128 = 10_000;
@@ -465,4 +466,51 @@ async fn ledger_check_ties_every_payment_to_its_transfers(db: &TestDb) {
         )),
         "{stdout}"
     );
+}
+
+async fn amounts_beyond_the_bound_are_refused(db: &TestDb) {
+    let s = scene(db).await;
+    let max = "1000000000000000000000000000000"; // 10^30
+    let over = "1000000000000000000000000000001";
+    for amount in [over, &u128::MAX.to_string()] {
+        let reply = s
+            .server
+            .post(
+                "/v1/prices",
+                &s.merchant.key,
+                json!({"route": {"method": "GET", "path": "/big"}, "amount": amount, "currency": "usd"}),
+            )
+            .await;
+        reply.expect_problem(400, &format!("{TP_PROBLEMS}invalid-request"));
+        let reply = s
+            .server
+            .post(
+                &format!("/v1/admin/tenants/{}/credit", s.payer.tenant.id),
+                support::ADMIN_TOKEN,
+                json!({"amount": amount, "currency": "usd"}),
+            )
+            .await;
+        reply.expect_problem(400, &format!("{TP_PROBLEMS}invalid-request"));
+    }
+    assert!(
+        s.server.get("/v1/prices", &s.merchant.key).await.json()["data"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        s.server
+            .signed_balance(&s.payer.tenant, "payer_balance", "usd")
+            .await,
+        CREDIT as i128
+    );
+    // The bound itself is accepted.
+    let price = s
+        .server
+        .create_price(
+            &s.merchant,
+            json!({"route": {"method": "GET", "path": "/big"}, "amount": max, "currency": "usd"}),
+        )
+        .await;
+    assert_eq!(price["amount"], max);
 }

@@ -188,9 +188,11 @@ async fn credit(
         .await?
         .ok_or_else(|| ApiError::not_found("tenant"))?;
     let amount = parse_amount_minor(&input.amount)
-        .filter(|a| *a > 0)
+        .filter(|a| *a > 0 && *a <= crate::catalog::AMOUNT_MINOR_MAX)
         .ok_or_else(|| {
-            ApiError::invalid("`amount` must be a string of minor units greater than zero")
+            ApiError::invalid(
+                "`amount` must be a string of minor units greater than zero and at most 10^30",
+            )
         })?;
     if !crate::catalog::is_currency_code(&input.currency) {
         return Err(crate::catalog::unsupported_currency("currency"));
