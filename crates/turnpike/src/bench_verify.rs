@@ -41,6 +41,10 @@ pub struct VerifyBenchArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    /// The server's platform fee in basis points (0 to 10000; 0 books no fee transfer, for
+    /// comparisons with builds that priced without one).
+    #[arg(long, default_value_t = VERIFY_FEE_BPS)]
+    pub fee_bps: u32,
 }
 
 /// Options of `turnpike bench pay`.
@@ -390,6 +394,7 @@ pub async fn run(args: VerifyBenchArgs) -> anyhow::Result<()> {
         (1..=DURATION_S_MAX).contains(&args.duration_s),
         "--duration-s must be 1 to {DURATION_S_MAX}"
     );
+    ensure!(args.fee_bps <= 10_000, "--fee-bps must be 0 to 10000");
     let dir = TempDir::new()?;
     let admin_token = format!("bench-admin-{:x}{:x}", rand_tag(), rand_tag());
     let server = start_server(
@@ -397,7 +402,7 @@ pub async fn run(args: VerifyBenchArgs) -> anyhow::Result<()> {
         args.database_url.as_deref(),
         &dir,
         &admin_token,
-        VERIFY_FEE_BPS,
+        args.fee_bps,
         &[],
     )?;
     let api = server.url.clone();
@@ -420,10 +425,13 @@ pub async fn run(args: VerifyBenchArgs) -> anyhow::Result<()> {
     let expected = books::Expected {
         paid: count(&cycle, "ok")? + count(&cycle, "warmUpOk")?,
         price_minor: BENCH_PRICE_MINOR,
-        fee_minor: turnpike_server::method_turnpike::fee_minor(BENCH_PRICE_MINOR, VERIFY_FEE_BPS),
+        fee_minor: turnpike_server::method_turnpike::fee_minor(BENCH_PRICE_MINOR, args.fee_bps),
         payer_credit_minor: PAYER_CREDIT_MINOR,
     };
-    ensure!(expected.fee_minor > 0, "the bench price's fee is zero");
+    ensure!(
+        expected.fee_minor > 0 || args.fee_bps == 0,
+        "the bench price's fee is zero"
+    );
     let observed = read_books(&api, &admin_token, &setup, fees_before).await?;
     drop(server);
     let check = ledger_check(args.backend, args.database_url.as_deref(), &dir).await?;
@@ -513,7 +521,7 @@ impl VerifyRun<'_> {
             "backend": backend_name(self.args.backend), "concurrency": self.args.concurrency,
             "durationS": self.args.duration_s,
             "cycle": self.cycle, "challenges": self.challenges,
-            "feeBps": VERIFY_FEE_BPS, "priceMinor": BENCH_PRICE_MINOR.to_string(),
+            "feeBps": self.args.fee_bps, "priceMinor": BENCH_PRICE_MINOR.to_string(),
             "feeMinor": self.expected.fee_minor.to_string(),
             "errors": self.errors, "paid": self.expected.paid,
             "books": self.observed.json(), "ledgerCheckOk": self.ledger_ok,
@@ -527,7 +535,7 @@ impl VerifyRun<'_> {
             backend_name(self.args.backend),
             self.args.concurrency,
             self.args.duration_s,
-            VERIFY_FEE_BPS
+            self.args.fee_bps
         );
         println!(
             "full cycles (challenge + agent pay + verify): {} paid in {} s = {} paid verifications/s, {} errors",
