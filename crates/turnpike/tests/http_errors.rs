@@ -11,11 +11,9 @@
 
 mod support;
 
-use std::time::Duration;
-
 use reqwest::Method;
 use serde_json::{Value, json};
-use support::{Reply, Server, TP_PROBLEMS, Upstream, describe, run_turnpike};
+use support::{Reply, Server, TP_PROBLEMS, Upstream, describe, read_raw_answer, run_turnpike};
 use turnpike_store::on_both_databases;
 use turnpike_store::testing::TestDb;
 
@@ -66,7 +64,7 @@ async fn post_declared_head(
     key: &str,
     len: usize,
 ) -> (u16, String, String) {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::io::AsyncWriteExt as _;
     let addr = server.url.trim_start_matches("http://");
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let head = format!(
@@ -74,23 +72,15 @@ async fn post_declared_head(
          Content-Type: application/json\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
     );
     stream.write_all(head.as_bytes()).await.expect("write head");
-    let mut answer = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer)).await;
-    let text = String::from_utf8_lossy(&answer).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no answer from the declared length alone: {text:?}"));
-    (status, head.to_owned(), body.to_owned())
+    // No body was sent: an answer at all shows it came from the declared length alone.
+    read_raw_answer(&mut stream).await
 }
 
 /// POST `len` bytes of JSON to `path` chunked (no `Content-Length`) over a raw connection, so
 /// that only reading the body can find it too large: (status, head, body). The server may answer
 /// and close before the whole body is sent; writing stops then.
 async fn post_chunked(server: &Server, path: &str, key: &str, len: usize) -> (u16, String, String) {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::io::AsyncWriteExt as _;
     let addr = server.url.trim_start_matches("http://");
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let head = format!(
@@ -108,17 +98,7 @@ async fn post_chunked(server: &Server, path: &str, key: &str, len: usize) -> (u1
         }
     }
     let _ = stream.write_all(b"0\r\n\r\n").await;
-    let mut answer = Vec::new();
-    // A reset after the answer arrived is fine: what was read is the answer.
-    let _ = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer)).await;
-    let text = String::from_utf8_lossy(&answer).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status line: {text:?}"));
-    (status, head.to_owned(), body.to_owned())
+    read_raw_answer(&mut stream).await
 }
 
 /// A 413 `payload-too-large` problem in a raw answer (a chunked body is de-chunked loosely: the

@@ -343,6 +343,23 @@ pub struct Balance {
     pub debits_posted: u128,
 }
 
+/// Read a raw HTTP/1.1 answer to its end (at most 30 s; a reset after the answer arrived is
+/// fine: what was read is the answer): (status, head, body). Panics, showing what came, when
+/// no status line did.
+pub async fn read_raw_answer(stream: &mut tokio::net::TcpStream) -> (u16, String, String) {
+    use tokio::io::AsyncReadExt as _;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {text:?}"));
+    (status, head.to_owned(), body.to_owned())
+}
+
 /// The signed `available` of the one account of `kind` in `currency` in a balances list.
 fn signed_available(body: &Value, kind: &str, currency: &str) -> i128 {
     let accounts: Vec<&Value> = body["data"]
@@ -834,24 +851,12 @@ impl Server {
     /// written over a raw TCP connection (no client normalises the path) and read the answer:
     /// (status, head, body).
     pub async fn raw(&self, head: &str) -> (u16, String, String) {
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        use tokio::io::AsyncWriteExt as _;
         let addr = self.url.trim_start_matches("http://");
         let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
         let request = format!("{head}\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await.expect("write");
-        let mut answer = Vec::new();
-        tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer))
-            .await
-            .expect("an answer in time")
-            .expect("read");
-        let text = String::from_utf8_lossy(&answer).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let status = head
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("no status line: {text}"));
-        (status, head.to_owned(), body.to_owned())
+        read_raw_answer(&mut stream).await
     }
 
     /// `GET /v1/payments/{id}` as the merchant (must be 200).
